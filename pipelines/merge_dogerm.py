@@ -142,6 +142,34 @@ class _ShardWriter:
         return n
 
 
+def model_folder(name: str) -> Path:
+    """The local folder of a model given as a folder or a hub id.
+
+    A hub id is fetched into the Hugging Face cache (config, tokenizer and
+    safetensors files only: the merge streams safetensors and never unpickles
+    ``.bin`` weights). With ``HF_HUB_OFFLINE=1`` only the cache is read.
+
+    Raises:
+        FileNotFoundError: ``name`` is neither a folder nor a fetchable hub id.
+    """
+    folder = Path(name)
+    if folder.is_dir():
+        return folder
+    from huggingface_hub import snapshot_download
+
+    try:
+        fetched = snapshot_download(
+            repo_id=name,
+            allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model"],
+        )
+    except Exception as err:  # hub errors have many types; name the model
+        raise FileNotFoundError(
+            f"{name}: not a local folder, and fetching it from the hub failed: {err}"
+        ) from err
+    logger.info("%s: hub snapshot in %s", name, fetched)
+    return Path(fetched)
+
+
 def _read_config(folder: Path) -> dict:
     path = folder / "config.json"
     if not path.exists():
@@ -236,8 +264,10 @@ def merge_dogerm(rm: str, lm: str, out: Path, *, cfg: MergeConfig) -> dict:
     """Merge a sequence-classification RM with a causal LM and save the result.
 
     Args:
-        rm: folder of the reward model (safetensors, single file or sharded).
-        lm: folder of the causal LM of the same architecture.
+        rm: the reward model (safetensors, single file or sharded): a local
+            folder, or a hub id fetched into the hub cache (e.g. DogeRM's
+            ``miulab/llama2-7b-ultrafeedback-rm``).
+        lm: the causal LM of the same architecture (folder or hub id).
         out: output folder, written atomically.
         cfg: merge weights and shard size.
 
@@ -259,7 +289,7 @@ def merge_dogerm(rm: str, lm: str, out: Path, *, cfg: MergeConfig) -> dict:
             beta,
             alpha + beta,
         )
-    rm_dir, lm_dir = Path(rm), Path(lm)
+    rm_dir, lm_dir = model_folder(rm), model_folder(lm)
     rm_config, lm_config = _read_config(rm_dir), _read_config(lm_dir)
     check_compatible(rm_config, lm_config, rm, lm)
     rm_ck, lm_ck = _Checkpoint(rm_dir), _Checkpoint(lm_dir)
@@ -390,8 +420,12 @@ def make_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     merge = sub.add_parser("merge", help="merge one RM with one LM")
-    merge.add_argument("--rm", required=True, help="reward model folder (seq-cls)")
-    merge.add_argument("--lm", required=True, help="causal LM folder, same arch")
+    merge.add_argument(
+        "--rm", required=True, help="reward model (seq-cls): folder or hub id"
+    )
+    merge.add_argument(
+        "--lm", required=True, help="causal LM of the same arch: folder or hub id"
+    )
     merge.add_argument("--out", type=Path, required=True, help="output folder")
     add_dataclass_args(merge, MergeConfig)
     return parser

@@ -10,10 +10,9 @@ rule generate_candidates:
         "results/benchmarks/generate_candidates/{domain}.tsv"
     conda:
         "../envs/train.yaml"
-    threads: 2
+    threads: job_threads("generate_candidates")
     resources:
-        mem_mb=8000,
-        runtime=240,
+        **job_resources("generate_candidates"),
     params:
         hp=cli_args("bon/generate"),
         seed=config["bon"]["seed"],
@@ -35,10 +34,9 @@ rule score_candidates:
         "results/benchmarks/score_candidates/{model_id}.tsv"
     conda:
         "../envs/eval.yaml"
-    threads: 1
+    threads: job_threads("score_candidates")
     resources:
-        mem_mb=8000,
-        runtime=120,
+        **job_resources("score_candidates"),
     params:
         hp=cli_args("bon/score"),
     shell:

@@ -30,6 +30,47 @@ def cli_args(section, exclude=()):
     return " ".join(parts)
 
 
+COMPUTE = config["compute"]
+
+
+def job_threads(name):
+    """Threads of a rule's jobs (compute.<name>.cpus; sbatch --cpus-per-task)."""
+    return COMPUTE[name]["cpus"]
+
+
+def job_resources(name):
+    """Scheduler resources of a rule's jobs from compute.<name>.
+
+    mem_mb and runtime always; gpu for GPU-capable rules (0 = CPU, which the
+    Slurm plugin turns into no --gpus flag); gpu_model only when set and a GPU
+    is asked for (sbatch --gpus=<model>:<n>).
+    """
+    spec = COMPUTE[name]
+    out = {"mem_mb": spec["mem_mb"], "runtime": spec["runtime"]}
+    if "gpu" in spec:
+        out["gpu"] = spec["gpu"]
+        if spec["gpu_model"] and spec["gpu"] > 0:
+            out["gpu_model"] = spec["gpu_model"]
+    return out
+
+
+def launcher(wildcards, resources):
+    """The Python launcher of a training job, one process per GPU it was given.
+
+    0 or 1 GPU: a plain ``python``. 2 or more: ``accelerate launch`` with the
+    DDP or DeepSpeed ZeRO config of compute.strategy. Reads the job's resolved
+    resources, so --set-resources <name>:gpu=N in a profile is honoured.
+    """
+    gpus = int(resources.gpu)
+    if gpus <= 1:
+        return "python"
+    strategy = f"accelerate/{COMPUTE['strategy']}.yaml"
+    return (
+        f"accelerate launch --config_file {strategy} --num_machines 1"
+        f" --num_processes {gpus}"
+    )
+
+
 def _domain_source(domain):
     source = config["data"]["sources"].get(domain)
     if source is None and domain not in GENERATED_DOMAINS:
@@ -292,41 +333,89 @@ def report_bon_targets():
 
 # ---- DogeRM: merge the general RM with each domain SFT LM ---------------------
 MERGE = config["merge"]
-MERGE_RM = f"rm-{MERGE['rm_trainset']}-seed{MERGE['rm_seed']}"
 MERGE_DOMAINS = list(MERGE["domains"])
 MERGE_WEIGHTS = [f"{float(w):g}" for w in MERGE["weights"]]
 
 
+def external_id(name):
+    """Path-safe id of a model given by hub id or folder: ext-<slug>."""
+    slug = re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-.")
+    return f"ext-{slug}"
+
+
+# merge.rm_model / merge.lm_models name outside models (e.g. DogeRM's Llama-2
+# pair) by hub id or folder; their ids map back to those names.
+EXTERNAL_MODELS = {
+    external_id(name): name
+    for name in [MERGE["rm_model"], *MERGE["lm_models"].values()]
+    if name is not None
+}
+MERGE_RM = (
+    external_id(MERGE["rm_model"])
+    if MERGE["rm_model"] is not None
+    else f"rm-{MERGE['rm_trainset']}-seed{MERGE['rm_seed']}"
+)
+
+
+def merge_lm_id(domain):
+    """The LM merged for a domain: its SFT LM, or merge.lm_models[domain]."""
+    name = MERGE["lm_models"].get(domain)
+    return external_id(name) if name is not None else f"sft-{domain}"
+
+
 def _check_merge():
-    if MERGE["rm_trainset"] not in RM_TRAINSETS or MERGE["rm_seed"] not in RM_SEEDS:
+    if MERGE["rm_model"] is None and (
+        MERGE["rm_trainset"] not in RM_TRAINSETS or MERGE["rm_seed"] not in RM_SEEDS
+    ):
         raise ValueError(
             f"merge.rm_trainset/rm_seed name {MERGE_RM}, which is not among the"
             f" trained RMs {rm_model_ids()} (rm.trainsets x rm.seeds)"
         )
     missing = [d for d in MERGE_DOMAINS if d not in DOMAINS]
+    missing += [d for d in MERGE["lm_models"] if d not in MERGE_DOMAINS]
     if missing:
-        raise ValueError(f"merge.domains {missing} are not in data.domains {DOMAINS}")
+        raise ValueError(
+            f"merge.domains/lm_models name {missing}, which are not in"
+            f" data.domains {DOMAINS} / merge.domains {MERGE_DOMAINS}"
+        )
 
 
 _check_merge()
 
 
 wildcard_constraints:
-    rm=r"rm-[a-z0-9-]+-seed\d+",
-    lm=r"sft-[a-z0-9-]+",
+    rm=r"rm-[a-z0-9-]+-seed\d+|ext-[a-z0-9.-]+",
+    lm=r"sft-[a-z0-9-]+|ext-[a-z0-9.-]+",
     weight=r"[0-9]+(\.[0-9]+)?",
 
 
 def merged_path(domain, weight):
-    return f"results/models/merged/{MERGE_RM}__sft-{domain}/w{weight}"
+    return f"results/models/merged/{MERGE_RM}__{merge_lm_id(domain)}/w{weight}"
+
+
+def _merge_source(model_id):
+    """Folder or hub id of a merge side (an rm-/sft- id or an ext- id)."""
+    if model_id in EXTERNAL_MODELS:
+        return EXTERNAL_MODELS[model_id]
+    if model_id.startswith("sft-"):
+        return f"results/models/sft/{model_id.removeprefix('sft-')}"
+    return model_path(model_id)
 
 
 def merge_rm_input(wildcards):
-    return model_path(wildcards.rm)
+    source = _merge_source(wildcards.rm)
+    return [source] if _is_local(source) or source.startswith("results/") else []
 
 
 def merge_lm_input(wildcards):
-    return f"results/models/sft/{wildcards.lm.removeprefix('sft-')}"
+    source = _merge_source(wildcards.lm)
+    return [source] if _is_local(source) or source.startswith("results/") else []
+
+
+def merge_sources_arg(wildcards):
+    """--rm/--lm of merge_dogerm: folders built here, local folders or hub ids."""
+    rm, lm = _merge_source(wildcards.rm), _merge_source(wildcards.lm)
+    return f"--rm {shlex.quote(rm)} --lm {shlex.quote(lm)}"
 
 
 def merge_weight_args(wildcards):

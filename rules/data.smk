@@ -10,10 +10,9 @@ rule build_prefs:
         "results/benchmarks/build_prefs/{domain}.tsv"
     conda:
         "../envs/data.yaml"
-    threads: 2
+    threads: job_threads("build_prefs")
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **job_resources("build_prefs"),
     params:
         hp=cli_args("data", exclude=("domains", "sources")),
         source=pref_source_arg,

@@ -10,10 +10,9 @@ rule eval_rm:
         "results/benchmarks/eval_rm/{model_id}/{benchmark}.tsv"
     conda:
         "../envs/eval.yaml"
-    threads: 1
+    threads: job_threads("eval_rm")
     resources:
-        mem_mb=8000,
-        runtime=120,
+        **job_resources("eval_rm"),
     params:
         hp=cli_args("eval", exclude=("benchmarks",)),
         spec=benchmark_arg,

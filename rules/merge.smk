@@ -10,12 +10,12 @@ rule merge_dogerm:
         "results/benchmarks/merge_dogerm/{rm}__{lm}/w{weight}.tsv"
     conda:
         "../envs/train.yaml"
-    threads: 1
+    threads: job_threads("merge_dogerm")
     resources:
-        mem_mb=16000,
-        runtime=60,
+        **job_resources("merge_dogerm"),
     params:
+        sources=merge_sources_arg,
         weights=merge_weight_args,
     shell:
-        "python -m pipelines.merge_dogerm merge --rm {input.rm} --lm {input.lm}"
+        "python -m pipelines.merge_dogerm merge {params.sources}"
         " {params.weights} --out {output.model} > {log} 2>&1"

@@ -10,15 +10,15 @@ rule train_rm:
         "results/benchmarks/train_rm/{trainset}/seed{seed}.tsv"
     conda:
         "../envs/train.yaml"
-    threads: 2
+    threads: job_threads("train_rm")
     resources:
-        mem_mb=8000,
-        runtime=720,
+        **job_resources("train_rm"),
     params:
+        launch=launcher,
         hp=cli_args("rm", exclude=("seeds", "trainsets", "mixtures")),
         base=rm_base_arg,
         ckpt="results/checkpoints/train_rm/{trainset}/seed{seed}",
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipelines.train_rm {params.hp}"
+        "OMP_NUM_THREADS={threads} {params.launch} -m pipelines.train_rm {params.hp}"
         " {params.base} --seed {wildcards.seed} --pairs {input.pairs}"
         " --checkpoint-dir {params.ckpt} --out {output.model} > {log} 2>&1"

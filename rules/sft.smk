@@ -9,10 +9,9 @@ rule train_tokenizer:
         "results/benchmarks/train_tokenizer/train_tokenizer.tsv"
     conda:
         "../envs/train.yaml"
-    threads: 1
+    threads: job_threads("train_tokenizer")
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **job_resources("train_tokenizer"),
     params:
         hp=cli_args("tokenizer"),
     shell:
@@ -32,16 +31,16 @@ rule train_sft:
         "results/benchmarks/train_sft/{domain}.tsv"
     conda:
         "../envs/train.yaml"
-    threads: 2
+    threads: job_threads("train_sft")
     resources:
-        mem_mb=8000,
-        runtime=240,
+        **job_resources("train_sft"),
     params:
+        launch=launcher,
         hp=cli_args("sft"),
         base=sft_base_arg,
         seed=config["models"]["seed"],
         ckpt="results/checkpoints/train_sft/{domain}",
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipelines.train_sft {params.hp}"
+        "OMP_NUM_THREADS={threads} {params.launch} -m pipelines.train_sft {params.hp}"
         " {params.base} --seed {params.seed} --data {input.data}"
         " --checkpoint-dir {params.ckpt} --out {output.model} > {log} 2>&1"
