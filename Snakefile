@@ -8,12 +8,13 @@ min_version("9.0")
 configfile: "workflow_config.yaml"
 
 
-# The preset's values (presets/<preset>.yaml) go over workflow_config.yaml;
-# --configfile and --config are applied again on top, so they still win.
+# The preset's values (presets/<preset>.yaml, beside this file) go over
+# workflow_config.yaml; --configfile and --config are applied again on top,
+# so they still win.
 validate(config, "workflow_config.schema.yaml")
 
 
-configfile: f"presets/{config['preset']}.yaml"
+configfile: f"{workflow.basedir}/presets/{config['preset']}.yaml"
 
 
 validate(config, "workflow_config.schema.yaml")
