@@ -262,6 +262,32 @@ def report_eval_targets():
     return ["results/report/eval.csv", "results/report/eval.png"]
 
 
+# ---- the official RewardBench package (eval_rewardbench) ----------------------
+RB_OFFICIAL = config["eval_rewardbench"]
+RB_OFFICIAL_NAME = "rewardbench-official"
+
+
+def _check_rb_official():
+    if RB_OFFICIAL_NAME in BENCHMARKS:
+        raise ValueError(
+            f"eval.benchmarks: the name {RB_OFFICIAL_NAME!r} is taken by the"
+            " eval_rewardbench rule's output; pick another"
+        )
+
+
+_check_rb_official()
+
+
+def rewardbench_official_targets(group):
+    """Official RewardBench results of the 'rms' or 'merged' models, if enabled."""
+    if not RB_OFFICIAL["enabled"] or group not in RB_OFFICIAL["models"]:
+        return []
+    ids = rm_model_ids() if group == "rms" else merged_model_ids()
+    return expand(
+        "results/eval/{model_id}/{name}.json", model_id=ids, name=RB_OFFICIAL_NAME
+    )
+
+
 # ---- best-of-n ---------------------------------------------------------------
 BON = config["bon"]
 BON_DOMAINS = list(BON["domains"])
@@ -452,4 +478,9 @@ def dogerm_scores():
 
 
 def report_dogerm_targets():
-    return ["results/report/dogerm.csv", "results/report/dogerm.png"]
+    """The DogeRM report, and the merges' official RewardBench runs if enabled."""
+    return [
+        "results/report/dogerm.csv",
+        "results/report/dogerm.png",
+        *rewardbench_official_targets("merged"),
+    ]

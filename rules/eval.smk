@@ -21,3 +21,25 @@ rule eval_rm:
         " --model {input.model} --model-id {wildcards.model_id}"
         " --benchmark-name {wildcards.benchmark} --benchmark {params.spec}"
         " --out {output.result} > {log} 2>&1"
+
+
+rule eval_rewardbench:
+    input:
+        model=eval_model_input,
+    output:
+        result="results/eval/{model_id}/rewardbench-official.json",
+    log:
+        "logs/eval_rewardbench/{model_id}.log",
+    benchmark:
+        "results/benchmarks/eval_rewardbench/{model_id}.tsv"
+    conda:
+        "../envs/rewardbench.yaml"
+    threads: job_threads("eval_rewardbench")
+    resources:
+        **job_resources("eval_rewardbench"),
+    params:
+        hp=cli_args("eval_rewardbench", exclude=("enabled", "models")),
+    shell:
+        "OMP_NUM_THREADS={threads} python -m pipelines.eval_rewardbench {params.hp}"
+        " --model {input.model} --model-id {wildcards.model_id}"
+        " --out {output.result} > {log} 2>&1"

@@ -1,6 +1,7 @@
 rule report_eval:
     input:
         evals=eval_targets(),
+        official=rewardbench_official_targets("rms"),
     output:
         csv=report(
             "results/report/eval.csv",
@@ -18,7 +19,7 @@ rule report_eval:
     conda:
         "../envs/eval.yaml"
     shell:
-        "python -m pipelines.report_eval --evals {input.evals}"
+        "python -m pipelines.report_eval --evals {input.evals} {input.official}"
         " --out-csv {output.csv} --out-png {output.png} > {log} 2>&1"
 
 

@@ -7,6 +7,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from pipelines.build_prefs import BuildPrefsConfig
+from pipelines.eval_rewardbench import EvalRewardBenchConfig
 from pipelines.eval_rm import EvalConfig
 from pipelines.generate_candidates import GenerateConfig
 from pipelines.score_candidates import ScoreConfig
@@ -70,6 +71,7 @@ def test_bad_values_fail(key, value):
         ("eval", EvalConfig, set()),
         ("bon/generate", GenerateConfig, set()),
         ("bon/score", ScoreConfig, set()),
+        ("eval_rewardbench", EvalRewardBenchConfig, {"python"}),  # not science
     ],
 )
 def test_dataclass_defaults_equal_schema_defaults(section, cls, not_in_schema):
@@ -81,7 +83,9 @@ def test_dataclass_defaults_equal_schema_defaults(section, cls, not_in_schema):
     names = {f.name for f in fields(cls)} - not_in_schema
     for name in names:
         assert name in props, f"{section}.{name} missing from the schema"
-        assert props[name]["default"] == getattr(cfg, name), f"{section}.{name}"
+        value = getattr(cfg, name)
+        value = list(value) if isinstance(value, tuple) else value  # YAML lists
+        assert props[name]["default"] == value, f"{section}.{name}"
     # every schema key of the section is a field (or a workflow-level key)
     workflow_keys = {
         "domains",
@@ -90,5 +94,7 @@ def test_dataclass_defaults_equal_schema_defaults(section, cls, not_in_schema):
         "trainsets",
         "mixtures",
         "benchmarks",
+        "enabled",
+        "models",
     }
     assert set(props) - names - workflow_keys == set()
