@@ -288,3 +288,33 @@ def test_profile_by_name_resolves_after_the_documented_link(tmp_path):
     for rule, block in _job_blocks(out):
         if rule in GPU_RULES:
             assert _resources(block)["slurm_partition"] == "gpu"
+
+
+def test_official_rewardbench_runs_only_when_enabled(snakemake_workdir, tmp_path):
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    off = _ok(run_snakemake("-n", "all", workdir=snakemake_workdir))
+    assert "eval_rewardbench" not in _jobs(off)  # offline default: skipped
+
+    cfg["eval_rewardbench"] = {"enabled": True, "models": ["rms"]}
+    on = _ok(
+        run_snakemake(
+            "-n",
+            "-p",
+            "all_eval",
+            workdir=snakemake_workdir,
+            configfile=_write(tmp_path / "on.yaml", cfg),
+        )
+    )
+    n_rms = len(cfg["rm"]["seeds"]) * len(cfg["rm"]["trainsets"])
+    assert _jobs(on)["eval_rewardbench"] == n_rms
+    assert "python -m pipelines.eval_rewardbench" in on
+    assert "--out results/eval/rm-general-math-seed0/rewardbench-official.json" in on
+
+    cfg["eval"]["benchmarks"] = {
+        "rewardbench-official": {"kind": "standard", "path": "x.jsonl"}
+    }
+    clash = run_snakemake(
+        "-n", workdir=snakemake_workdir, configfile=_write(tmp_path / "c.yaml", cfg)
+    )
+    assert clash.returncode != 0
+    assert "is taken by the eval_rewardbench rule" in clash.stdout + clash.stderr
