@@ -235,3 +235,38 @@ def test_cli_merge(models, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["merge", "--help"])
     assert exc.value.code == 0
+
+
+def _to_hub_cache(cache: Path, repo_id: str, folder: Path) -> None:
+    """Lay ``folder`` out as the hub cache holds a downloaded snapshot."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for f in folder.iterdir():
+        (snapshot / f.name).write_bytes(f.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_hub_ids_merge_like_folders(models, tmp_path, monkeypatch):
+    """--rm/--lm as hub ids (DogeRM's Llama-2 pair on a cluster) go through the
+    hub cache; offline, a cached snapshot is used and gives the same merge."""
+    cache = tmp_path / "hub"
+    _to_hub_cache(cache, "org/tiny-rm", models["rm"])
+    _to_hub_cache(cache, "org/tiny-lm", models["lm"])
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    cfg = MergeConfig(rm_weight=0.6, lm_weight=0.4)
+    merge_dogerm("org/tiny-rm", "org/tiny-lm", tmp_path / "hub_out", cfg=cfg)
+    merge_dogerm(str(models["rm"]), str(models["lm"]), tmp_path / "dir_out", cfg=cfg)
+    a, b = _state(tmp_path / "hub_out"), _state(tmp_path / "dir_out")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError, match="org/not-cached"):
+        merge_dogerm("org/not-cached", str(models["lm"]), tmp_path / "x", cfg=cfg)
