@@ -239,6 +239,49 @@ def test_all_tiny_end_to_end(snakemake_workdir, tmp_path):
     assert (work / "results/report/dogerm.png").read_bytes()[:8] == png
     res = run_snakemake("-n", "all", workdir=work)
     assert "Nothing to be done" in res.stdout + res.stderr
+    _inspect_and_rerun(work, cfg, tmp_path)
+
+
+def _inspect_and_rerun(work, cfg, tmp_path):
+    """The README's 'Inspect before you run' and 'Rerun one target' commands."""
+
+    def dry(*args, config=None):
+        res = run_snakemake(
+            *args, workdir=work, **({"configfile": config} if config else {})
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+        return res.stdout + res.stderr
+
+    assert dry("--rulegraph", "all").lstrip().startswith("digraph")
+    assert "train_rm" in dry("--dag", "all_bon")
+    summary = dry("--summary", "all")
+    assert "results/models/rm/general-math/seed0" in summary and "ok" in summary
+
+    # a hyperparameter of one stage reruns that stage and what depends on it
+    changed = copy.deepcopy(cfg)
+    changed["rm"]["learning_rate"] = 1e-4
+    path = tmp_path / "lr.yaml"
+    path.write_text(yaml.safe_dump(changed, sort_keys=False))
+    listed = dry("--list-changes", "params", config=path)
+    assert "results/models/rm/general-math/seed0" in listed
+    assert "results/models/sft/general" not in listed
+    jobs = _jobs(dry("-n", "all", config=path))
+    assert jobs["train_rm"] == len(cfg["rm"]["seeds"]) * len(cfg["rm"]["trainsets"])
+    assert "train_sft" not in jobs and "build_prefs" not in jobs
+    assert {"eval_rm", "score_candidates", "merge_dogerm"} <= set(jobs)
+
+    # compute sizes are not science: changing them reruns nothing
+    changed = copy.deepcopy(cfg)
+    changed["compute"] = {"train_rm": {"mem_mb": 12345, "runtime": 99}}
+    path = tmp_path / "compute.yaml"
+    path.write_text(yaml.safe_dump(changed, sort_keys=False))
+    assert "Nothing to be done" in dry("-n", "all", config=path)
+
+    # --forcerun one rule: it and its descendants; --until: only its ancestors
+    jobs = _jobs(dry("-n", "all", "--forcerun", "bon_ensemble"))
+    assert set(jobs) == {"bon_ensemble", "report_bon", "all"}
+    until = dry("-n", "all", "--forcerun", "train_tokenizer", "--until", "train_sft")
+    assert set(_jobs(until)) == {"train_tokenizer", "train_sft"}
 
 
 def test_one_rm_needs_only_its_ancestors(snakemake_workdir):
