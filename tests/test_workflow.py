@@ -252,8 +252,9 @@ def _inspect_and_rerun(work, cfg, tmp_path):
         assert res.returncode == 0, res.stderr[-3000:]
         return res.stdout + res.stderr
 
-    assert dry("--rulegraph", "all").lstrip().startswith("digraph")
-    assert "train_rm" in dry("--dag", "all_bon")
+    # --dag/--rulegraph take an optional format: the target goes first
+    assert dry("all", "--rulegraph").lstrip().startswith("digraph")
+    assert "train_rm" in dry("all_bon", "--dag")
     summary = dry("--summary", "all")
     assert "results/models/rm/general-math/seed0" in summary and "ok" in summary
 
@@ -262,10 +263,12 @@ def _inspect_and_rerun(work, cfg, tmp_path):
     changed["rm"]["learning_rate"] = 1e-4
     path = tmp_path / "lr.yaml"
     path.write_text(yaml.safe_dump(changed, sort_keys=False))
-    listed = dry("--list-changes", "params", config=path)
-    assert "results/models/rm/general-math/seed0" in listed
-    assert "results/models/sft/general" not in listed
-    jobs = _jobs(dry("-n", "all", config=path))
+    for kind in ("code", "input"):  # nothing changed since the run
+        assert "results/" not in dry("--list-changes", kind)
+    out = dry("-n", "all", config=path)
+    assert "reason: Params have changed since last execution" in out
+    assert "--learning-rate 0.0001" in out
+    jobs = _jobs(out)
     assert jobs["train_rm"] == len(cfg["rm"]["seeds"]) * len(cfg["rm"]["trainsets"])
     assert "train_sft" not in jobs and "build_prefs" not in jobs
     assert {"eval_rm", "score_candidates", "merge_dogerm"} <= set(jobs)
@@ -280,8 +283,24 @@ def _inspect_and_rerun(work, cfg, tmp_path):
     # --forcerun one rule: it and its descendants; --until: only its ancestors
     jobs = _jobs(dry("-n", "all", "--forcerun", "bon_ensemble"))
     assert set(jobs) == {"bon_ensemble", "report_bon", "all"}
-    until = dry("-n", "all", "--forcerun", "train_tokenizer", "--until", "train_sft")
-    assert set(_jobs(until)) == {"train_tokenizer", "train_sft"}
+    report = work / "results/report/bon.csv"
+    before = report.stat().st_mtime_ns, (work / "results/bon/ensemble_uwo.json")
+    res = run_snakemake(
+        "--cores",
+        "2",
+        "all",
+        "--forcerun",
+        "bon_ensemble",
+        "--until",
+        "bon_ensemble",
+        workdir=work,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert _jobs(res.stdout + res.stderr) == {
+        "bon_ensemble": len(cfg["bon"]["uwo_weights"]) + 3
+    }
+    assert report.stat().st_mtime_ns == before[0]  # stopped before the report
+    assert before[1].stat().st_mtime_ns > before[0]
 
 
 def test_one_rm_needs_only_its_ancestors(snakemake_workdir):
