@@ -3,10 +3,11 @@ r"""DAG build time of a large cluster study (``snakemake -n``), goal under 5 s.
     python benchmarks/dag.py [--seeds 10] [--weights 21] [--repeats 3]
 
 Builds, without running anything, the DAG of ``all`` on the cluster preset
-through the Slurm profile with a large grid: 10 RM seeds x 3 domains (data,
-SFT, best-of-n) x 21 DogeRM merge weights x 4 ensemble objectives (mean, WCO,
-UWO and one more UWO lambda), every RM and merged model evaluated on each
-domain's test split and RewardBench. Reports the median wall time of the whole
+through the Slurm profile with a large grid: 10 RM seeds (x 2 trainsets) x 3
+domains (data, SFT LMs, best-of-n, and each domain LM merged) x 21 DogeRM merge
+weights x 4 ensemble objectives (mean, WCO, UWO and one more UWO lambda); every
+RM and merged model is evaluated on each domain's test split and RewardBench
+(rmflow's evaluator and the official package). Reports the median wall time of the whole
 ``snakemake -n`` command (interpreter start, parsing, config validation, DAG,
 job listing) over ``--repeats`` runs and the number of jobs.
 
@@ -30,6 +31,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+DOMAINS = ("general", "math", "code")
 
 
 def grid_config(seeds: int, weights: int) -> dict:
@@ -39,7 +41,11 @@ def grid_config(seeds: int, weights: int) -> dict:
         "preset": "cluster",
         "rm": {"seeds": list(range(seeds))},
         "bon": {"uwo_weights": [0.1]},  # mean, wco, uwo, uwo-0.1
-        "merge": {"weights": [round(i * step, 6) for i in range(weights)]},
+        "merge": {
+            "domains": list(DOMAINS),  # every domain LM merged, 21 weights each
+            "bon_domains": list(DOMAINS),
+            "weights": [round(i * step, 6) for i in range(weights)],
+        },
     }
 
 
