@@ -34,8 +34,8 @@ def _config(tmp_path: Path) -> Path:
     only_domain(cfg, "general")
     cfg["data"]["domains"] = ["general"]  # no code sandbox, one SFT model
     cfg["data"]["sizes"] = {"train": 160, "test": 16}
-    # 160 pairs / batch 4 x 3 epochs = 120 steps; a checkpoint every 5 steps
-    cfg["rm"].update(seeds=[0], epochs=3, batch_size=4, log_every=1, checkpoint_every=5)
+    # 160 pairs / batch 4 x 2 epochs = 80 steps; a checkpoint every 5 steps
+    cfg["rm"].update(seeds=[0], epochs=2, batch_size=4, log_every=1, checkpoint_every=5)
     path = tmp_path / "preempt.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return path
@@ -61,9 +61,10 @@ def test_preempted_training_job_resumes_to_the_same_model(snakemake_workdir, tmp
     assert not (work / CKPT).exists()  # deleted after success
 
     # Rerun the training job and preempt it once a checkpoint is on disk.
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
-    cmd += ["--directory", str(work), "--cores", "2", "--configfile", str(config)]
-    cmd += [RM, "--forcerun", "train_rm"]  # --forcerun takes every name after it
+    # the target first: --forcerun and --configfile take every name after them
+    cmd = [sys.executable, "-m", "snakemake", RM, "-s", str(ROOT / "Snakefile")]
+    cmd += ["--directory", str(work), "--cores", "2", "--forcerun", "train_rm"]
+    cmd += ["--configfile", str(config)]
     job = subprocess.Popen(
         cmd,
         cwd=work,
