@@ -5,7 +5,23 @@ r"""Train one Bradley-Terry reward model (full fine-tuning or LoRA).
         --seed 0 --out results/models/rm/general-math/seed0 \
         --checkpoint-dir results/checkpoints/train_rm/general-math/seed0
 
-    accelerate launch --num_processes 2 -m pipelines.train_rm ...   # same module
+On N >= 2 GPUs the same module and flags run under ``accelerate launch`` with
+one of the launcher configs in ``accelerate/`` (one process per GPU):
+
+    accelerate launch --config_file accelerate/ddp.yaml --num_machines 1 \
+        --num_processes N -m pipelines.train_rm ...        # or zero2 / zero3
+
+``ddp`` keeps the whole model on every GPU (fastest when it fits); ``zero2``
+shards gradients and AdamW state, ``zero3`` also the weights (DeepSpeed; see
+the comments in each file). ``--batch-size`` is per process, so the global
+batch is ``batch_size * gradient_accumulation_steps * N``; with the same
+global batch and seed a run matches a one-process run up to float rounding
+(tests/unit/test_distributed.py), dropout aside (LoRA's dropout masks depend
+on the process count). The main process writes ``--out``; under ZeRO-3 the
+weights are first gathered from all processes. On SIGTERM the launcher
+forwards the signal, every process stops after the same step and the
+checkpoint is written (under DeepSpeed each process writes its shards); the
+launcher kills workers still running 30 s later and itself exits 1, not 143.
 
 Every ``--pairs`` file is read and concatenated (a mixture of domains). Each
 pair becomes two sequences through the chat template; a batch holds them as

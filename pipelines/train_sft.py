@@ -6,6 +6,9 @@ r"""Supervised fine-tuning of a causal LM on the assistant turns of chat data.
     python -m pipelines.train_sft --data D.jsonl --base EleutherAI/pythia-70m \
         --seed 0 --out DIR --learning-rate 1e-5 --epochs 1      # from a hub model
 
+    accelerate launch --config_file accelerate/zero2.yaml --num_machines 1 \
+        --num_processes N -m pipelines.train_sft ...     # N GPUs: ddp/zero2/zero3
+
 Without ``--base`` a tiny GPT-NeoX is initialised from ``--seed`` with the
 vocabulary of ``--tokenizer`` (the offline ``tiny`` preset). With ``--base`` (a hub
 id or a local folder) training continues from that model, with its own

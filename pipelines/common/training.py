@@ -13,9 +13,27 @@ What lives here:
   kept) and without pickle (safetensors + JSON, DESIGN.md principle 6);
 - atomic ``save_pretrained`` of the final model and tokenizer.
 
-The loop runs unchanged as one plain process and under ``accelerate launch``:
-the model and optimiser go through ``Accelerator.prepare``, each process takes
-its slice of every global batch, the main process alone writes files.
+Launch modes (the same module and flags in each):
+
+- one process: ``python -m pipelines.train_rm ...`` (CPU or one GPU);
+- DDP: ``accelerate launch --config_file accelerate/ddp.yaml --num_processes N
+  -m pipelines.train_rm ...``; every process holds the whole model, gradients
+  are averaged (NCCL on GPUs, gloo on CPU);
+- DeepSpeed ZeRO-2 / ZeRO-3: the same with ``accelerate/zero2.yaml`` or
+  ``accelerate/zero3.yaml``; optimiser state and gradients (ZeRO-2) or also the
+  weights (ZeRO-3) are sharded over the processes.
+
+In every mode each process takes its slice of every global batch
+(``batch_size * gradient_accumulation_steps * num_processes`` examples) and
+the main process alone writes the output folder. Under DeepSpeed the engine
+owns accumulation, clipping and the optimiser step: :func:`train_loop` writes
+``batch_size``, ``gradient_accumulation_steps`` and ``max_grad_norm`` of the
+stage config into the DeepSpeed config (the launcher file does not set them),
+marks the last micro-batch of a step as the accumulation boundary and steps
+the LR schedule itself, once per optimiser step, as in the other modes.
+DeepSpeed checkpoints are ``accelerator.save_state`` folders (each process
+writes its shards; DeepSpeed's own format, pickle inside) plus the loop's JSON;
+under ZeRO-3 the final weights are gathered from every process before saving.
 """
 
 from __future__ import annotations
@@ -39,6 +57,7 @@ from typing import Protocol
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType, InitProcessGroupKwargs
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerBase
 
@@ -50,6 +69,9 @@ logger = logging.getLogger(__name__)
 
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a killed job
 CHECKPOINT_PREFIX = "step-"
+# ``format`` of a checkpoint written by accelerator.save_state under DeepSpeed;
+# plain and DDP checkpoints carry no ``format`` (safetensors + JSON, see below)
+DEEPSPEED_CHECKPOINT = "accelerate-deepspeed"
 MIXED_PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
 
 Batch = dict[str, torch.Tensor]
@@ -114,13 +136,27 @@ def quiet_logging() -> None:
         logging.getLogger().setLevel(logging.WARNING)
 
 
+def deepspeed_launched() -> bool:
+    """Whether ``accelerate launch`` started this process with a DeepSpeed config."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
 def make_accelerator(device: str = "auto", dtype: str = "float32") -> Accelerator:
     """An ``Accelerator`` for ``device`` with ``dtype`` as the compute precision.
 
     Weights and optimiser state stay float32; ``bfloat16``/``float16`` turn on
     autocast mixed precision (what the Hugging Face Trainer's ``bf16=True`` does).
     Under ``accelerate launch`` the launcher's settings (processes, DeepSpeed)
-    apply on top.
+    apply on top, except the precision: ``dtype`` is passed to ``Accelerator``,
+    and that argument wins over the launcher's ``mixed_precision`` (accelerate
+    reads ``ACCELERATE_MIXED_PRECISION`` only when the argument is None). Under
+    DeepSpeed accelerate turns ``dtype`` into the DeepSpeed ``bf16``/``fp16``
+    section instead of autocast: the engine then keeps bfloat16/float16 weights
+    with float32 master weights in the optimiser, and saves those 16-bit weights.
+
+    DeepSpeed on a machine without CUDA (the 2-process CPU tests) runs on
+    DeepSpeed's CPU accelerator over gloo: accelerate disables DeepSpeed when
+    ``cpu=True``, so the process group is set up as gloo instead.
 
     Args:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
@@ -137,12 +173,90 @@ def make_accelerator(device: str = "auto", dtype: str = "float32") -> Accelerato
     target = resolve_device(device)
     if target.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available")
-    return Accelerator(
-        cpu=target.type == "cpu",
+    cpu = target.type == "cpu"
+    handlers = []
+    if cpu and deepspeed_launched():
+        if torch.cuda.is_available():
+            raise ValueError(
+                "DeepSpeed with --device cpu needs a machine without CUDA"
+                " (DeepSpeed picks its accelerator itself)"
+            )
+        cpu = False
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    accelerator = Accelerator(
+        cpu=cpu,
         mixed_precision=MIXED_PRECISION[dtype],
         # the loop steps the scheduler once per global optimiser step itself
         step_scheduler_with_optimizer=False,
+        kwargs_handlers=handlers or None,
     )
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        plugin = accelerator.state.deepspeed_plugin
+        if not plugin.zero3_init_flag:
+            # Selecting the plugin registers transformers' HfDeepSpeedConfig;
+            # with ZeRO-3 that alone makes from_pretrained partition the model at
+            # load (deepspeed.zero.Init), whatever zero3_init_flag says. Our
+            # stages edit the model before prepare (pad rows, score head, LoRA),
+            # so without the flag the model is built whole and sharded by
+            # prepare.
+            from transformers.integrations import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()
+    return accelerator
+
+
+def zero_stage(accelerator: Accelerator) -> int | None:
+    """The DeepSpeed ZeRO stage of ``accelerator``, or None without DeepSpeed."""
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return None
+    config = accelerator.state.deepspeed_plugin.deepspeed_config
+    return int(config["zero_optimization"]["stage"])
+
+
+def configure_deepspeed(accelerator: Accelerator, cfg: LoopConfig) -> None:
+    """Write the stage config's batch, accumulation and clipping into DeepSpeed's.
+
+    The launcher files leave these out (accelerate then has ``auto``, and fills
+    ``gradient_clipping: auto`` with 1.0 whatever ``max_grad_norm`` says), so
+    the engine accumulates ``gradient_accumulation_steps`` micro-batches of
+    ``batch_size`` and clips at ``max_grad_norm`` (0: off), as the plain loop
+    does. A value the launcher did set and that differs is overridden with a
+    warning.
+
+    Raises:
+        ValueError: under ZeRO-3 without ``zero3_save_16bit_model`` (the final
+            weights could not be gathered for saving).
+    """
+    plugin = accelerator.state.deepspeed_plugin
+    config = plugin.deepspeed_config
+    wanted = {
+        "train_micro_batch_size_per_gpu": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        "gradient_clipping": float(cfg.max_grad_norm),
+        "train_batch_size": global_batch_size(cfg, accelerator.num_processes),
+    }
+    for key, value in wanted.items():
+        current = config.get(key, "auto")
+        if current != "auto" and current != value:
+            logger.warning(
+                "DeepSpeed config has %s=%s; using %s from the stage config",
+                key,
+                current,
+                value,
+            )
+        config[key] = value
+    plugin.gradient_accumulation_steps = cfg.gradient_accumulation_steps
+    plugin.gradient_clipping = float(cfg.max_grad_norm)
+    # accelerate compares its own count with DeepSpeed's at prepare
+    accelerator.gradient_accumulation_steps = cfg.gradient_accumulation_steps
+    zero = config["zero_optimization"]
+    if int(zero["stage"]) == 3 and not zero.get(
+        "stage3_gather_16bit_weights_on_model_save", False
+    ):
+        raise ValueError(
+            "ZeRO-3 needs zero3_save_16bit_model: true in the accelerate config"
+            " (stage3_gather_16bit_weights_on_model_save) to save whole weights"
+        )
 
 
 def build_optimizer(model: torch.nn.Module, cfg: LoopConfig) -> torch.optim.AdamW:
@@ -518,6 +632,139 @@ def load_checkpoint(
     return meta["loop"]
 
 
+def save_deepspeed_checkpoint(
+    checkpoint_dir: Path,
+    *,
+    accelerator: Accelerator,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loop_state: Mapping,
+) -> Path:
+    """Write one DeepSpeed checkpoint atomically (every process calls this).
+
+    ZeRO shards the optimiser state (and under ZeRO-3 the weights) over the
+    processes, so each one writes its part through ``accelerator.save_state``
+    (DeepSpeed's ``save_checkpoint`` plus each process's RNG states) into a
+    temp folder whose name every process knows; after a barrier the main
+    process adds ``state.json`` (loop state, LR schedule) and renames the
+    folder to ``step-<N>``, then deletes older checkpoints.
+
+    Args:
+        checkpoint_dir: where checkpoints live (not inside the output folder).
+        accelerator: the accelerator that prepared the DeepSpeed engine.
+        scheduler: the LR scheduler (stepped by the loop, not by DeepSpeed).
+        loop_state: JSON-able loop position and history (must hold ``step``).
+
+    Returns:
+        The checkpoint folder.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    name = f"{CHECKPOINT_PREFIX}{int(loop_state['step']):09d}"
+    final = checkpoint_dir / name
+    tmp = checkpoint_dir / f".tmp-{name}"
+    if accelerator.is_main_process:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
+        tmp.mkdir()
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        try:
+            meta = {
+                "format": DEEPSPEED_CHECKPOINT,
+                "zero_stage": zero_stage(accelerator),
+                "num_processes": accelerator.num_processes,
+                "loop": dict(loop_state),
+                "scheduler": scheduler.state_dict(),
+            }
+            # state.json last: its presence marks a complete checkpoint
+            (tmp / "state.json").write_text(
+                json.dumps(meta, default=_json_default), encoding="utf-8"
+            )
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        for old in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*"):
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_deepspeed_checkpoint(
+    path: Path,
+    *,
+    accelerator: Accelerator,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> dict:
+    """Restore a :func:`save_deepspeed_checkpoint` folder; return the loop state.
+
+    Every process calls this: ``accelerator.load_state`` loads its shards of
+    weights and optimiser state and its RNG states.
+    """
+    path = Path(path)
+    meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    accelerator.load_state(str(path))
+    scheduler.load_state_dict(meta["scheduler"])
+    return meta["loop"]
+
+
+def _checkpoint_kind(meta: Mapping) -> tuple[str, int | None, int | None]:
+    """(format, ZeRO stage, processes) of a checkpoint's ``state.json``."""
+    if meta.get("format") == DEEPSPEED_CHECKPOINT:
+        return DEEPSPEED_CHECKPOINT, meta.get("zero_stage"), meta.get("num_processes")
+    return "safetensors", None, None
+
+
+def gather_zero3_weights(accelerator: Accelerator, prepared: torch.nn.Module) -> None:
+    """Put the whole trained weights back into the model on the main process.
+
+    Under ZeRO-3 every parameter of the unwrapped model is a shard (an empty
+    tensor outside the engine's gather hooks), so ``save_pretrained`` or a
+    LoRA merge on it would write empty or partial weights. Every process
+    takes part in gathering (``accelerator.get_state_dict``, the accelerate
+    recipe; it needs ``stage3_gather_16bit_weights_on_model_save``, and gives
+    the weights in the engine's dtype: float32, or bfloat16/float16 under a
+    DeepSpeed precision section); then the engine's hooks are removed and the
+    main process swaps every parameter for a plain one holding the whole
+    tensor (on CPU). Other processes keep empty parameters: they must not save.
+
+    Args:
+        accelerator: the accelerator that prepared the engine.
+        prepared: the DeepSpeed engine (the prepared model).
+    """
+    full = accelerator.get_state_dict(prepared)  # collective: every process
+    model = accelerator.unwrap_model(prepared)
+    if hasattr(prepared, "destroy"):  # removes ZeRO-3's hooks (older: kept,
+        prepared.destroy()  # harmless here as the model only gets saved)
+    if not accelerator.is_main_process:
+        return
+    # On CUDA the gathered tensors are CPU copies; on CPU (tests) they would
+    # share storage with the engine's gather buffers, so they are copied.
+    copy = accelerator.device.type == "cpu"
+    replaced: dict[int, torch.nn.Parameter] = {}  # id(shard) -> whole
+    done: set[int] = set()  # ids of the new parameters
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        for name, param in list(module._parameters.items()):
+            if param is None or id(param) in done:
+                continue  # a module reached twice is done already
+            if id(param) not in replaced:  # tied weights stay tied
+                key = f"{prefix}.{name}" if prefix else name
+                whole = full[key].detach()
+                whole = whole.clone() if copy else whole
+                replaced[id(param)] = torch.nn.Parameter(
+                    whole, requires_grad=param.requires_grad
+                )
+                done.add(id(replaced[id(param)]))
+            module._parameters[name] = replaced[id(param)]
+    empty = [n for n, p in model.named_parameters() if p.numel() == 0]
+    if empty:
+        raise RuntimeError(f"ZeRO-3 gather left empty parameters: {empty[:5]}")
+
+
 # ----------------------------------------------------------------- final outputs
 
 
@@ -627,7 +874,14 @@ def train_loop(
     Checkpoints go to ``checkpoint_dir`` every ``cfg.checkpoint_every`` steps
     and when SIGTERM arrives (then :class:`Interrupted` is raised after the
     save). A checkpoint found there at the start is resumed from, unless its
-    fingerprint differs (then it is ignored with a warning).
+    fingerprint differs, or it was written in another mode (DeepSpeed or not,
+    another ZeRO stage or process count); then it is ignored with a warning.
+
+    Under DeepSpeed (see the module docstring) the engine accumulates, clips
+    and steps; the loss scaling is the same as in the other modes (each
+    micro-batch's summed loss over the step's units, no extra division by the
+    accumulation steps), and checkpoints are sharded
+    (:func:`save_deepspeed_checkpoint`).
 
     Args:
         accelerator: from :func:`make_accelerator`.
@@ -644,7 +898,10 @@ def train_loop(
             :func:`epoch_order`), or None for uniformly random batches.
 
     Returns:
-        The unwrapped trained model and the loop's measurements.
+        The unwrapped trained model and the loop's measurements. Under ZeRO-3
+        the model holds the whole weights (on CPU, hooks removed) on the main
+        process only (:func:`gather_zero3_weights`); other processes get
+        empty parameters and must not save it.
 
     Raises:
         Interrupted: SIGTERM arrived; a checkpoint was saved if possible.
@@ -660,6 +917,10 @@ def train_loop(
     if cfg.max_steps > 0:
         total_steps = min(total_steps, cfg.max_steps)
     warmup = math.ceil(cfg.warmup_ratio * total_steps)
+    stage = zero_stage(accelerator)
+    deepspeed = stage is not None
+    if deepspeed:
+        configure_deepspeed(accelerator, cfg)
     optimizer = build_optimizer(model, cfg)
     scheduler = cosine_with_warmup(
         optimizer,
@@ -682,7 +943,13 @@ def train_loop(
     }
     found = latest_checkpoint(checkpoint_dir)
     if found is not None:
-        saved = json.loads((found / "state.json").read_text(encoding="utf-8"))["loop"]
+        meta = json.loads((found / "state.json").read_text(encoding="utf-8"))
+        saved = meta["loop"]
+        kind = (
+            (DEEPSPEED_CHECKPOINT, stage, nproc)
+            if deepspeed
+            else ("safetensors", None, None)
+        )
         if saved.get("fingerprint") != fingerprint:
             logger.warning(
                 "ignoring checkpoint %s: it belongs to another run (fingerprint %s,"
@@ -691,10 +958,23 @@ def train_loop(
                 saved.get("fingerprint"),
                 fingerprint,
             )
-        else:
-            loop_state = load_checkpoint(
-                found, model=base_model, optimizer=optimizer, scheduler=scheduler
+        elif _checkpoint_kind(meta) != kind:
+            logger.warning(
+                "ignoring checkpoint %s: written as %s (ZeRO stage, processes),"
+                " this run is %s",
+                found,
+                _checkpoint_kind(meta),
+                kind,
             )
+        else:
+            if deepspeed:
+                loop_state = load_deepspeed_checkpoint(
+                    found, accelerator=accelerator, scheduler=scheduler
+                )
+            else:
+                loop_state = load_checkpoint(
+                    found, model=base_model, optimizer=optimizer, scheduler=scheduler
+                )
             logger.info(
                 "resumed from %s: step %d/%d, epoch %d, batch %d of the epoch",
                 found,
@@ -720,6 +1000,15 @@ def train_loop(
 
     def checkpoint() -> None:
         if checkpoint_dir is None:
+            return
+        if deepspeed:  # every process writes its shards
+            path = save_deepspeed_checkpoint(
+                Path(checkpoint_dir),
+                accelerator=accelerator,
+                scheduler=scheduler,
+                loop_state=loop_state,
+            )
+            logger.info("checkpoint %s", path)
             return
         if accelerator.is_main_process:
             path = save_checkpoint(
@@ -755,27 +1044,40 @@ def train_loop(
                 built = [make_batch(idx) for idx in parts]
                 step_units = max(sum(units for _, units in built), 1)
                 sums: dict[str, torch.Tensor] = {}
+                step_lr = scheduler.get_last_lr()[0]  # the rate this step uses
                 for i, (batch, _) in enumerate(built):
                     last = i == len(built) - 1
-                    sync = (
-                        contextlib.nullcontext()
-                        if last
-                        else accelerator.no_sync(prepared)
-                    )
-                    with sync:
+                    if deepspeed:
                         loss_sum, stats = loss_fn(prepared, batch)
-                        accelerator.backward(loss_sum / step_units)
+                        # the last micro-batch is the accumulation boundary:
+                        # the engine then reduces, clips, steps and zeroes;
+                        # the loss is already over the step's units, so no
+                        # division by the accumulation steps (scale_wrt_gas)
+                        accelerator.deepspeed_engine_wrapped.backward(
+                            loss_sum / step_units,
+                            sync_gradients=last,
+                            scale_wrt_gas=False,
+                        )
+                    else:
+                        sync = (
+                            contextlib.nullcontext()
+                            if last
+                            else accelerator.no_sync(prepared)
+                        )
+                        with sync:
+                            loss_sum, stats = loss_fn(prepared, batch)
+                            accelerator.backward(loss_sum / step_units)
                     for key, value in {"loss": loss_sum, **stats}.items():
                         value = value.detach().float()
                         sums[key] = sums[key] + value if key in sums else value
-                if cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(
-                        prepared.parameters(), cfg.max_grad_norm
-                    )
-                step_lr = scheduler.get_last_lr()[0]  # the rate this step used
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                if not deepspeed:
+                    if cfg.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(
+                            prepared.parameters(), cfg.max_grad_norm
+                        )
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                scheduler.step()  # ours, not the engine's: once per step
 
                 sums["units"] = torch.tensor(
                     float(step_units), device=accelerator.device
@@ -849,6 +1151,8 @@ def train_loop(
                 loop_state["epoch"] += 1
                 loop_state["step_in_epoch"] = 0
     result.seconds_this_run = time.perf_counter() - started
+    if stage == 3:
+        gather_zero3_weights(accelerator, prepared)
     result.examples_this_run = seen
     result.steps = loop_state["step"]
     result.history = loop_state["history"]
