@@ -581,7 +581,21 @@ def save_checkpoint(
             "scheduler": scheduler.state_dict(),
             "rng": rng_meta,
         }
-        # state.json last: its presence marks a complete checkpoint
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _publish_checkpoint(tmp, final, meta)
+    return final
+
+
+def _publish_checkpoint(tmp: Path, final: Path, meta: Mapping) -> None:
+    """Finish a checkpoint written to ``tmp``: state.json, rename, prune.
+
+    ``state.json`` is written last, since its presence marks a complete
+    checkpoint; then ``tmp`` becomes ``final`` and the older checkpoints beside
+    it are deleted. On any error ``tmp`` is removed and nothing else changes.
+    """
+    try:
         (tmp / "state.json").write_text(
             json.dumps(meta, default=_json_default), encoding="utf-8"
         )
@@ -591,10 +605,9 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for old in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*"):
+    for old in final.parent.glob(f"{CHECKPOINT_PREFIX}*"):
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def load_checkpoint(
@@ -669,27 +682,14 @@ def save_deepspeed_checkpoint(
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        try:
-            meta = {
-                "format": DEEPSPEED_CHECKPOINT,
-                "zero_stage": zero_stage(accelerator),
-                "num_processes": accelerator.num_processes,
-                "loop": dict(loop_state),
-                "scheduler": scheduler.state_dict(),
-            }
-            # state.json last: its presence marks a complete checkpoint
-            (tmp / "state.json").write_text(
-                json.dumps(meta, default=_json_default), encoding="utf-8"
-            )
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        for old in checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*"):
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
+        meta = {
+            "format": DEEPSPEED_CHECKPOINT,
+            "zero_stage": zero_stage(accelerator),
+            "num_processes": accelerator.num_processes,
+            "loop": dict(loop_state),
+            "scheduler": scheduler.state_dict(),
+        }
+        _publish_checkpoint(tmp, final, meta)
     accelerator.wait_for_everyone()
     return final
 
