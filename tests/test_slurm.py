@@ -127,7 +127,9 @@ def _squeue(run_id: str) -> dict[str, tuple[str, str, str]]:
 
 
 @pytest.mark.slow
-def test_one_rm_and_its_eval_through_slurm(local_slurm, snakemake_workdir, tmp_path):
+def test_one_rm_and_its_eval_through_slurm(
+    local_slurm, snakemake_workdir, tmp_path, capsys
+):
     work = snakemake_workdir
     res = run_snakemake(
         "--profile",
@@ -156,6 +158,9 @@ def test_one_rm_and_its_eval_through_slurm(local_slurm, snakemake_workdir, tmp_p
         submitted[rule] = (slurm_id, work / slurm_log)
     assert set(submitted) == set(RULES), log[-6000:]
     assert "localrule" not in log
+    with capsys.disabled():  # so the CI log shows the jobs going through sbatch
+        lines = [m.group(0) for m in SUBMITTED.finditer(log)]
+        sys.stdout.write("\n" + "\n".join(lines) + "\n")
 
     # Slurm's own record: each job completed, in the profile's partition
     run_id = re.search(r"SLURM run ID: (\S+)", log).group(1)
