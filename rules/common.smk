@@ -428,14 +428,17 @@ def _merge_source(model_id):
     return model_path(model_id)
 
 
-def merge_rm_input(wildcards):
-    source = _merge_source(wildcards.rm)
+def _local_input(source):
+    """A merge side as an input: folders built here or on disk; hub ids none."""
     return [source] if _is_local(source) or source.startswith("results/") else []
+
+
+def merge_rm_input(wildcards):
+    return _local_input(_merge_source(wildcards.rm))
 
 
 def merge_lm_input(wildcards):
-    source = _merge_source(wildcards.lm)
-    return [source] if _is_local(source) or source.startswith("results/") else []
+    return _local_input(_merge_source(wildcards.lm))
 
 
 def merge_sources_arg(wildcards):
