@@ -36,9 +36,10 @@ folder before the hub, so the official code path runs unchanged, offline.
 The output is the eval JSON of :mod:`pipelines.eval_rm` (readable by
 :mod:`pipelines.report_eval`): ``subsets`` (n, n_correct, accuracy per
 subset), the four ``sections`` weighted as RewardBench weights them
-(:mod:`pipelines.common.rewardbench`, xstest corrected as in rewardbench 0.1.4
-constants.py), ``overall`` and ``score`` (the mean of the four sections), per
-pair scores, plus ``package_version``, ``command`` and the package's own JSON
+(:mod:`pipelines.common.rewardbench`, xstest weights from
+``eval.xstest_weights``: corrected as in rewardbench 0.1.4 constants.py, or
+legacy), ``overall`` and ``score`` (the mean of the four sections), per pair
+scores, plus ``package_version``, ``command`` and the package's own JSON
 under ``official``.
 """
 
@@ -48,7 +49,6 @@ import argparse
 import collections
 import json
 import logging
-import math
 import os
 import re
 import shlex
@@ -63,22 +63,27 @@ from pipelines.common import rewardbench
 from pipelines.common.cli import add_dataclass_args, dataclass_from_args, field_help
 from pipelines.common.io import write_json
 from pipelines.common.logs import log_run_header, setup_logging
+from pipelines.common.rewardbench_results import (
+    convert_results,
+    read_official,
+)
+from pipelines.common.rewardbench_staging import (
+    CORE_DATASET,
+    CORE_SPLIT,
+    stage_dataset,
+    stage_folder,
+)
 
 logger = logging.getLogger(__name__)
 
 BENCHMARK_NAME = "rewardbench-official"
-CORE_DATASET = "allenai/reward-bench"  # rewardbench/utils.py CORE_EVAL_SET
-CORE_SPLIT = "filtered"  # rewardbench/utils.py load_eval_dataset, hard-coded
 PACKAGE = "rewardbench"
 ENTRY_MODULE = "rewardbench.rewardbench"  # console script rewardbench -> main()
 OUTPUT_DIR = "rewardbench-out/"  # relative to the run folder; trailing / needed
 STAGED_MODEL = "model"
 STAGED_TOKENIZER = "tokenizer"
-# rewardbench 0.1.4 constants.py EXAMPLE_COUNTS: xstest weights as corrected.
-XSTEST_WEIGHTS = "corrected"
 TORCH_DTYPES = ("float16", "bfloat16", "float32", "float64")  # Args.torch_dtype
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
-DATA_SUFFIXES = (".parquet", ".jsonl", ".json")
 PROBED_PACKAGES = (PACKAGE, "transformers", "torch", "datasets", "accelerate")
 # Flags this stage sets itself, or that publish, log to W&B or change what
 # the outputs mean (--ref_model switches to DPO scoring).
@@ -104,10 +109,6 @@ CUDA_HINT = (
     ' (rewardbench/models/pipeline.py RewardBenchPipeline.__call__: .to("cuda")),'
     " so it needs a GPU"
 )
-
-
-class RewardBenchResultError(ValueError):
-    """The package's result files are missing, malformed or incomplete."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,6 +162,12 @@ class EvalRewardBenchConfig:
     trust_remote_code: bool = field_help(
         "--trust_remote_code: run model code from the hub", default=False
     )
+    xstest_weights: str = field_help(
+        "RewardBench xstest weights of the sections: 'corrected' (refuse 154 /"
+        " respond 250, rewardbench 0.1.4) or 'legacy' (250 / 154, RLHFlow,"
+        " DogeRM); the rule passes eval.xstest_weights",
+        default="corrected",
+    )
     extra_args: tuple[str, ...] = field_help(
         'further rewardbench flags as a JSON list, e.g. \'["--revision", "v1"]\'',
         default=(),
@@ -177,6 +184,11 @@ class EvalRewardBenchConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {self.max_length}")
+        if self.xstest_weights not in rewardbench.XSTEST_MODES:
+            raise ValueError(
+                f"xstest_weights must be one of {rewardbench.XSTEST_MODES},"
+                f" got {self.xstest_weights!r}"
+            )
         if self.torch_dtype not in TORCH_DTYPES:
             raise ValueError(
                 f"torch_dtype must be one of {TORCH_DTYPES}, got {self.torch_dtype!r}"
@@ -209,173 +221,6 @@ def _flag_name(arg: str) -> str:
     if not arg.startswith("--"):
         return arg
     return "--" + arg[2:].split("=", 1)[0].replace("-", "_")
-
-
-# ----------------------------------------------------------------- staging
-def legacy_model_config(conf: Mapping[str, object]) -> tuple[dict, list[str]]:
-    """Add the transformers 4.x keys for the ones transformers 5 renamed.
-
-    Transformers 5 writes RoPE settings only under ``rope_parameters`` and the
-    dtype as ``dtype``; 4.51 reads ``rope_theta``, ``rope_scaling``,
-    ``partial_rotary_factor`` (GPT-NeoX: ``rotary_pct``, ``rotary_emb_base``)
-    and ``torch_dtype``, and falls back to defaults when they are absent.
-    Existing keys are kept.
-
-    Args:
-        conf: a model's ``config.json`` content.
-
-    Returns:
-        ``(config, added_keys)``; ``added_keys`` is empty when nothing changed.
-
-    Raises:
-        ValueError: on per-layer-type ``rope_parameters`` (no 4.x spelling).
-    """
-    out = dict(conf)
-    added: list[str] = []
-
-    def put(key: str, value: object) -> None:
-        if out.get(key) is None and value is not None:
-            out[key] = value
-            added.append(key)
-
-    if "dtype" in out:
-        put("torch_dtype", out["dtype"])
-    rope = out.get("rope_parameters")
-    if isinstance(rope, Mapping) and rope:
-        if not ({"rope_theta", "rope_type"} & set(rope)):
-            raise ValueError(
-                "config.json rope_parameters is per layer type"
-                f" ({sorted(rope)}); transformers 4.51 cannot read it"
-            )
-        theta = rope.get("rope_theta")
-        factor = rope.get("partial_rotary_factor")
-        put("rope_theta", theta)
-        put("partial_rotary_factor", factor)
-        if out.get("model_type") == "gpt_neox":
-            put("rotary_pct", factor)
-            put("rotary_emb_base", theta)
-        if rope.get("rope_type", "default") != "default":
-            skip = {"rope_theta", "partial_rotary_factor"}
-            put("rope_scaling", {k: v for k, v in rope.items() if k not in skip})
-    return out, added
-
-
-def legacy_tokenizer_config(conf: Mapping[str, object]) -> tuple[dict, list[str]]:
-    """Rewrite a transformers 5 tokenizer config so that transformers 4.51 loads it.
-
-    ``TokenizersBackend`` (the generic class transformers 5 saves for a
-    ``tokenizer.json``) becomes ``PreTrainedTokenizerFast`` with model inputs
-    ``input_ids``/``attention_mask`` (else 4.51 adds ``token_type_ids``, which
-    decoder RMs reject); a list ``extra_special_tokens`` becomes
-    ``additional_special_tokens``; ``backend`` is dropped.
-
-    Args:
-        conf: a tokenizer's ``tokenizer_config.json`` content.
-
-    Returns:
-        ``(config, changed_keys)``; ``changed_keys`` is empty when nothing changed.
-    """
-    out = dict(conf)
-    changed: list[str] = []
-    if out.get("tokenizer_class") == "TokenizersBackend":
-        out["tokenizer_class"] = "PreTrainedTokenizerFast"
-        changed.append("tokenizer_class")
-        if "model_input_names" not in out:
-            out["model_input_names"] = ["input_ids", "attention_mask"]
-            changed.append("model_input_names")
-    if "backend" in out:
-        del out["backend"]
-        changed.append("backend")
-    extra = out.get("extra_special_tokens")
-    if isinstance(extra, list):
-        del out["extra_special_tokens"]
-        known = list(out.get("additional_special_tokens") or [])
-        out["additional_special_tokens"] = known + [t for t in extra if t not in known]
-        changed.append("extra_special_tokens")
-    return out, changed
-
-
-CONVERTERS = {
-    "config.json": legacy_model_config,
-    "tokenizer_config.json": legacy_tokenizer_config,
-}
-
-
-def stage_folder(src: Path, dst: Path) -> dict[str, list[str]]:
-    """Mirror a model or tokenizer folder as links, converting its configs.
-
-    Args:
-        src: the saved folder.
-        dst: the folder to create (must not exist).
-
-    Returns:
-        ``{file name: changed keys}`` for the configs rewritten (others linked).
-    """
-    dst.mkdir(parents=True)
-    changes: dict[str, list[str]] = {}
-    for entry in sorted(Path(src).iterdir()):
-        target = dst / entry.name
-        convert = CONVERTERS.get(entry.name)
-        if convert is not None and entry.is_file():
-            new, changed = convert(json.loads(entry.read_text(encoding="utf-8")))
-            if changed:
-                target.write_text(json.dumps(new, indent=2), encoding="utf-8")
-                changes[entry.name] = changed
-                logger.warning(
-                    "%s: rewrote %s for transformers 4.x", entry, ", ".join(changed)
-                )
-                continue
-        target.symlink_to(entry.resolve())
-    return changes
-
-
-def local_split_files(dataset: Path, split: str) -> list[Path]:
-    """The data files of ``split`` in a local copy of the dataset.
-
-    Args:
-        dataset: a JSON/JSONL/Parquet file (the whole split) or a folder with
-            ``data/{split}-*`` (the hub layout) or ``{split}.*`` files.
-        split: the split to read from a folder.
-
-    Returns:
-        The files, sorted, all of one format.
-
-    Raises:
-        FileNotFoundError: when no file of the split is found.
-        ValueError: on an unsupported or mixed format.
-    """
-    if dataset.is_file():
-        files = [dataset]
-    else:
-        files = sorted((dataset / "data").glob(f"{split}-*"))
-        files = files or sorted(dataset.glob(f"{split}.*"))
-        files = [p for p in files if p.suffix in DATA_SUFFIXES]
-    if not files:
-        raise FileNotFoundError(
-            f"{dataset}: no data/{split}-*  or {split}.* file with a suffix in"
-            f" {DATA_SUFFIXES}"
-        )
-    suffixes = {p.suffix for p in files}
-    if len(suffixes) != 1 or not suffixes <= set(DATA_SUFFIXES):
-        raise ValueError(f"{dataset}: data files must share one of {DATA_SUFFIXES}")
-    return files
-
-
-def stage_dataset(dataset: Path, split: str, run_dir: Path) -> dict[str, str]:
-    """Link a local copy as ``allenai/reward-bench`` in ``run_dir`` (split filtered).
-
-    Returns:
-        ``{link relative to run_dir: source}``.
-    """
-    files = local_split_files(dataset, split)
-    data = run_dir / CORE_DATASET / "data"
-    data.mkdir(parents=True)
-    links = {}
-    for i, src in enumerate(files):
-        name = f"{CORE_SPLIT}-{i:05d}-of-{len(files):05d}{src.suffix}"
-        (data / name).symlink_to(src.resolve())
-        links[f"{CORE_DATASET}/data/{name}"] = str(src.resolve())
-    return links
 
 
 # ----------------------------------------------------------------- command
@@ -494,195 +339,6 @@ def run_logged(cmd: Sequence[str], *, cwd: Path, env: Mapping[str, str]) -> None
         )
 
 
-# ----------------------------------------------------------------- results
-def _number(value: object) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and not (isinstance(value, float) and math.isnan(value))
-    )
-
-
-def read_official(results_path: Path, outputs_path: Path) -> tuple[dict, list[dict]]:
-    """Read the package's results JSON and per-pair JSONL.
-
-    Args:
-        results_path: ``{output_dir}{model}.json``.
-        outputs_path: ``{output_dir}/{model}_outputs.jsonl``.
-
-    Returns:
-        ``(results, rows)``.
-
-    Raises:
-        RewardBenchResultError: naming the file (and line) on a missing or
-            unreadable file.
-    """
-    for path in (results_path, outputs_path):
-        if not path.is_file():
-            raise RewardBenchResultError(
-                f"{path}: missing; rewardbench wrote no such file (see its log)"
-            )
-    try:
-        official = json.loads(results_path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise RewardBenchResultError(f"{results_path}: not JSON ({exc})") from None
-    if not isinstance(official, dict):
-        raise RewardBenchResultError(f"{results_path}: not a JSON object")
-    rows = []
-    with open(outputs_path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise RewardBenchResultError(
-                    f"{outputs_path}:{lineno}: not JSON ({exc})"
-                ) from None
-            if not isinstance(row, dict):
-                raise RewardBenchResultError(
-                    f"{outputs_path}:{lineno}: not a JSON object"
-                )
-            rows.append(row)
-    return official, rows
-
-
-def convert_results(
-    official: Mapping[str, object],
-    rows: Sequence[Mapping[str, object]],
-    *,
-    results_path: Path,
-    outputs_path: Path,
-) -> dict:
-    """Per-subset, section and overall scores from the package's results.
-
-    Per-subset counts come from the per-pair rows (``results`` is 1 when
-    ``scores_chosen > scores_rejected``) and must agree with the package's
-    ``extra_results`` accuracies, ``num_prompts`` and ``accuracy``; all 23 core
-    subsets must be present. Sections are computed from ``extra_results``
-    with :func:`pipelines.common.rewardbench.summarize` (the package only logs
-    its ``calculate_scores_per_section``).
-
-    Args:
-        official: the results JSON.
-        rows: the per-pair JSONL rows.
-        results_path: named in errors.
-        outputs_path: named in errors.
-
-    Returns:
-        ``n_pairs``, ``accuracy``, ``subsets``, ``sections``, ``overall``,
-        ``score`` and ``pairs``.
-
-    Raises:
-        RewardBenchResultError: naming the file and field that is missing,
-            malformed or inconsistent.
-    """
-    for field in ("accuracy", "num_prompts"):
-        if not _number(official.get(field)):
-            raise RewardBenchResultError(
-                f"{results_path}: field {field!r} missing or not a number"
-                f" (got {official.get(field)!r})"
-            )
-    extra = official.get("extra_results")
-    if not isinstance(extra, Mapping) or not extra:
-        raise RewardBenchResultError(
-            f"{results_path}: field 'extra_results' (per-subset accuracies) is"
-            f" {extra!r}; the package fills it only for --dataset {CORE_DATASET}"
-        )
-    for subset, acc in extra.items():
-        if not _number(acc) or not 0.0 <= float(acc) <= 1.0:
-            raise RewardBenchResultError(
-                f"{results_path}: field 'extra_results.{subset}' is {acc!r},"
-                " not an accuracy"
-            )
-    core = [s for names in rewardbench.SECTIONS.values() for s in names]
-    missing = [s for s in core if s not in extra]
-    if missing:
-        raise RewardBenchResultError(
-            f"{results_path}: field 'extra_results' lacks {len(missing)} of the"
-            f" {len(core)} RewardBench subsets: {', '.join(missing)}"
-        )
-    counts: dict[str, list[int]] = {}
-    pairs = []
-    for lineno, row in enumerate(rows, 1):
-        for field in ("results", "subset", "scores_chosen", "scores_rejected"):
-            if field not in row:
-                raise RewardBenchResultError(
-                    f"{outputs_path}:{lineno}: field {field!r} missing"
-                )
-        result, subset = row["results"], row["subset"]
-        if result not in (0, 1) or isinstance(result, bool):
-            raise RewardBenchResultError(
-                f"{outputs_path}:{lineno}: field 'results' is {result!r}, not 0 or 1"
-            )
-        if not isinstance(subset, str):
-            raise RewardBenchResultError(
-                f"{outputs_path}:{lineno}: field 'subset' is {subset!r}, not a name"
-            )
-        got = counts.setdefault(subset, [0, 0])
-        got[0] += int(result)
-        got[1] += 1
-        pairs.append(
-            {
-                "id": row.get("id", lineno - 1),
-                "subset": subset,
-                "chosen": row["scores_chosen"],
-                "rejected": row["scores_rejected"],
-            }
-        )
-    if len(rows) != official["num_prompts"]:
-        raise RewardBenchResultError(
-            f"{outputs_path}: {len(rows)} pairs but {results_path} field"
-            f" 'num_prompts' is {official['num_prompts']}"
-        )
-    if set(counts) != set(extra):
-        raise RewardBenchResultError(
-            f"{outputs_path}: subsets {sorted(counts)} differ from {results_path}"
-            f" field 'extra_results' {sorted(extra)}"
-        )
-    subsets: dict[str, dict[str, float | int]] = {}
-    for subset in sorted(counts):
-        correct, n = counts[subset]
-        if not math.isclose(correct / n, float(extra[subset]), abs_tol=1e-9):
-            raise RewardBenchResultError(
-                f"{outputs_path}: subset {subset} has {correct}/{n} correct pairs"
-                f" but {results_path} field 'extra_results.{subset}' is"
-                f" {extra[subset]}"
-            )
-        subsets[subset] = {"n": n, "n_correct": correct, "accuracy": correct / n}
-    n_correct = sum(c for c, _ in counts.values())
-    if not math.isclose(
-        n_correct / len(rows), float(official["accuracy"]), abs_tol=1e-9
-    ):
-        raise RewardBenchResultError(
-            f"{outputs_path}: {n_correct}/{len(rows)} correct pairs but"
-            f" {results_path} field 'accuracy' is {official['accuracy']}"
-        )
-    unknown = sorted(s for s in counts if rewardbench.section_of(s) is None)
-    if unknown:
-        logger.warning("subsets outside the four sections (not scored): %s", unknown)
-    summary = rewardbench.summarize(
-        {s: float(extra[s]) for s in extra}, xstest_weights=XSTEST_WEIGHTS
-    )
-    sections = {
-        name: {
-            "n": sum(subsets[s]["n"] for s in names if s in subsets),
-            "accuracy": summary["sections"][name],
-        }
-        for name, names in rewardbench.SECTIONS.items()
-    }
-    overall = {"pooled": float(official["accuracy"]), **summary["overall"]}
-    return {
-        "n_pairs": len(rows),
-        "accuracy": float(official["accuracy"]),
-        "subsets": subsets,
-        "sections": sections,
-        "overall": overall,
-        "score": summary["overall"]["sections_mean"],
-        "pairs": pairs,
-    }
-
-
 # ----------------------------------------------------------------- the stage
 def eval_rewardbench(
     model: str, out: Path, *, model_id: str, cfg: EvalRewardBenchConfig
@@ -761,6 +417,7 @@ def eval_rewardbench(
             rows,
             results_path=results_path,
             outputs_path=outputs_path,
+            xstest_weights=cfg.xstest_weights,
         )
     result = {
         "model_id": model_id,
@@ -786,7 +443,7 @@ def eval_rewardbench(
         "sections": converted["sections"],
         "overall": converted["overall"],
         "score": converted["score"],
-        "settings": {**asdict(cfg), "xstest_weights": XSTEST_WEIGHTS},
+        "settings": asdict(cfg),
         "versions": versions,
         "official": official,
         "pairs": converted["pairs"],

@@ -151,6 +151,48 @@ def _group_stats(
     return out
 
 
+def spurious_split(
+    records: list[dict], credit: np.ndarray, is_tie: np.ndarray
+) -> dict[str, dict[str, float | int | None]] | None:
+    """Accuracy on clean pairs and on pairs with an injected spurious feature.
+
+    The generators add features such as a politeness opener or length padding
+    to the chosen reply of some pairs (``metadata.spurious``, a map of feature
+    to bool); a scorer that reads only those features is right on the
+    spurious pairs and no better than chance on the clean ones, so the clean
+    accuracy is what the RM learned about the task itself.
+
+    Args:
+        records: the benchmark's pair records.
+        credit: per-pair credit from :func:`pair_outcomes`.
+        is_tie: per-pair tie flags.
+
+    Returns:
+        ``{"clean": {...}, "spurious": {...}}`` with ``n``, ``n_correct``,
+        ``n_ties`` and ``accuracy`` (None when the group is empty), or None
+        when some record does not say which features it carries (hub
+        benchmarks such as RewardBench or Auto-J).
+    """
+    flags = []
+    for rec in records:
+        features = (rec.get("metadata") or {}).get("spurious")
+        if not isinstance(features, Mapping):
+            return None
+        flags.append(any(bool(v) for v in features.values()))
+    has_feature = np.asarray(flags, dtype=bool)
+    out: dict[str, dict[str, float | int | None]] = {}
+    for name, mask in (("clean", ~has_feature), ("spurious", has_feature)):
+        n = int(mask.sum())
+        correct = float(credit[mask].sum())
+        out[name] = {
+            "n": n,
+            "n_correct": correct,
+            "n_ties": int(is_tie[mask].sum()),
+            "accuracy": correct / n if n else None,
+        }
+    return out
+
+
 def summarize_sections(
     kind: str,
     records: list[dict],
@@ -286,6 +328,7 @@ def eval_rm(
         is_tie,
         xstest_weights=cfg.xstest_weights,
     )
+    split = spurious_split(records, credit, is_tie)
     template = tok.chat_template or ""
     result = {
         "model_id": model_id,
@@ -303,6 +346,7 @@ def eval_rm(
         "n_truncated_rejected": enc_r.truncated,
         "load": bench.counts(),
         "accuracy": float(credit.mean()),
+        "spurious_split": split,
         "subsets": subsets,
         "sections": sections,
         "overall": overall,
@@ -334,13 +378,14 @@ def eval_rm(
     write_json(out, result)
     logger.info(
         "%s on %s: accuracy %.4f over %d pairs (%d ties, %d truncated sequences);"
-        " sections %s; overall %s -> %s",
+        " clean/spurious %s; sections %s; overall %s -> %s",
         model_id,
         benchmark_name,
         result["accuracy"],
         len(records),
         result["n_ties"],
         truncated,
+        split and {k: (v["accuracy"], v["n"]) for k, v in split.items()},
         {k: v["accuracy"] for k, v in sections.items()},
         overall,
         out,

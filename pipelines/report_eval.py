@@ -6,12 +6,16 @@ r"""Collect eval JSONs into one table and plot accuracy per benchmark and seed.
 
 The CSV has one row per model, benchmark and result: ``level`` is ``overall``
 (``subset`` = ``ALL`` for the accuracy over all pairs, or the name of an
-overall variant such as ``leaderboard_2024``), ``section`` (RewardBench
-sections, Auto-J categories, domains) or ``subset``. Model ids of the form
-``rm-{trainset}-seed{seed}`` fill the ``trainset`` and ``seed`` columns;
-others leave them empty. The plot shows the ``ALL`` accuracy of every
-benchmark: one group per trainset, a bar at the mean over seeds and one marker
-per seed.
+overall variant such as ``leaderboard_2024``), ``features`` (``subset`` =
+``clean`` for the pairs without an injected spurious feature, ``spurious`` for
+the others; only for benchmarks whose records say which features they carry),
+``section`` (RewardBench sections, Auto-J categories, domains) or ``subset``.
+Model ids of the form ``rm-{trainset}-seed{seed}`` fill the ``trainset`` and
+``seed`` columns; others leave them empty. The plot shows, per benchmark, the
+accuracy over all pairs and, where known, over the clean and the spurious pairs
+(one panel each): one group per trainset, a bar at the mean over seeds and one
+marker per seed. The clean panel is what the RM learned about the task; a scorer
+that only reads the injected features is at chance or below there.
 """
 
 from __future__ import annotations
@@ -41,7 +45,13 @@ COLUMNS = (
     "accuracy",
 )
 ALL = "ALL"
-LEVELS = ("overall", "section", "subset")
+LEVELS = ("overall", "features", "section", "subset")
+FEATURE_GROUPS = ("clean", "spurious")
+PANELS = (
+    ("overall", ALL, "all pairs"),
+    ("features", "clean", "clean pairs (no injected feature)"),
+    ("features", "spurious", "pairs with an injected spurious feature"),
+)
 MODEL_ID = re.compile(r"^rm-(?P<trainset>.+)-seed(?P<seed>\d+)$")
 MARKERS = ("o", "s", "^", "D", "v", "P", "*", "<", ">", "h")
 NO_SEED = "x"
@@ -69,6 +79,8 @@ def eval_rows(result: dict) -> list[dict]:
     for name, value in result.get("overall", {}).items():
         if name != "pooled":
             found.append(("overall", name, n_pairs, value))
+    for name, group in (result.get("spurious_split") or {}).items():
+        found.append(("features", name, group["n"], group["accuracy"]))
     for name, sec in result.get("sections", {}).items():
         found.append(("section", name, sec["n"], sec["accuracy"]))
     for name, sub in result["subsets"].items():
@@ -79,27 +91,14 @@ def eval_rows(result: dict) -> list[dict]:
     return rows
 
 
-def _plot(table: pd.DataFrame, out_png: Path) -> None:
-    """Grouped bars (mean over seeds) with one marker per seed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    top = table[(table["level"] == "overall") & (table["subset"] == ALL)].copy()
-    top["group"] = top["trainset"].fillna(top["model_id"])
-    benchmarks = sorted(top["benchmark"].unique())
-    groups = sorted(top["group"].unique())
-    seeds = sorted(int(s) for s in top["seed"].dropna().unique())
-    marker_of = {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(seeds)}
+def _panel(ax, cells: pd.DataFrame, groups, benchmarks, marker_of, colors) -> None:
+    """One panel: bars at the mean over seeds, one marker per seed."""
     width = 0.8 / max(len(groups), 1)
-    colors = plt.get_cmap("tab10")
-    span = len(benchmarks) * max(1.0, len(groups) / 2)
-    fig, ax = plt.subplots(figsize=(min(4.0 + 1.2 * span, 24.0), 4.0))
     for g_idx, group in enumerate(groups):
         color = colors(g_idx % 10)
         for b_idx, bench in enumerate(benchmarks):
-            cell = top[(top["group"] == group) & (top["benchmark"] == bench)]
+            cell = cells[(cells["group"] == group) & (cells["benchmark"] == bench)]
+            cell = cell.dropna(subset=["accuracy"])
             if cell.empty:
                 continue
             x = b_idx - 0.4 + width * (g_idx + 0.5)
@@ -120,7 +119,38 @@ def _plot(table: pd.DataFrame, out_png: Path) -> None:
     ax.set_xlim(-0.5, len(benchmarks) - 0.5)
     ax.set_ylim(0.0, 1.0)
     ax.set_ylabel("pairwise accuracy")
-    ax.set_title("RM pairwise accuracy (bars: mean over seeds)")
+
+
+def _plot(table: pd.DataFrame, out_png: Path) -> None:
+    """One panel per pair group (all, clean, spurious) with grouped bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = table.copy()
+    table["group"] = table["trainset"].fillna(table["model_id"])
+    panels = []
+    for level, subset, title in PANELS:
+        cells = table[(table["level"] == level) & (table["subset"] == subset)]
+        if not cells.empty:
+            panels.append((cells, title))
+    top = panels[0][0]
+    benchmarks = sorted(top["benchmark"].unique())
+    groups = sorted(top["group"].unique())
+    seeds = sorted(int(s) for s in top["seed"].dropna().unique())
+    marker_of = {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(seeds)}
+    colors = plt.get_cmap("tab10")
+    span = len(benchmarks) * max(1.0, len(groups) / 2)
+    fig, axes = plt.subplots(
+        len(panels),
+        1,
+        figsize=(min(4.0 + 1.2 * span, 24.0), 3.6 * len(panels)),
+        squeeze=False,
+    )
+    for ax, (cells, title) in zip(axes[:, 0], panels, strict=True):
+        _panel(ax, cells, groups, benchmarks, marker_of, colors)
+        ax.set_title(f"RM pairwise accuracy on {title} (bars: mean over seeds)")
     handles, labels = [], []
     for g_idx, group in enumerate(groups):
         handles.append(plt.Rectangle((0, 0), 1, 1, color=colors(g_idx % 10), alpha=0.5))
@@ -133,7 +163,10 @@ def _plot(table: pd.DataFrame, out_png: Path) -> None:
     if top["seed"].isna().any():
         handles.append(plt.Line2D([], [], marker=NO_SEED, color="black", ls="none"))
         labels.append("no seed")
-    ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    axes[0, 0].legend(
+        handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1, 1)
+    )
+    fig.tight_layout()
     with atomic_path(out_png) as tmp:
         fig.savefig(
             tmp, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None}

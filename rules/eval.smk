@@ -39,7 +39,9 @@ rule eval_rewardbench:
         **job_resources("eval_rewardbench"),
     params:
         hp=cli_args("eval_rewardbench", exclude=("enabled", "models")),
+        xstest=lookup(dpath="eval/xstest_weights", within=config),
     shell:
         "OMP_NUM_THREADS={threads} python -m pipelines.eval_rewardbench {params.hp}"
+        " --xstest-weights {params.xstest}"
         " --model {input.model} --model-id {wildcards.model_id}"
         " --out {output.result} > {log} 2>&1"

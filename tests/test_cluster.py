@@ -309,6 +309,19 @@ def test_official_rewardbench_runs_only_when_enabled(snakemake_workdir, tmp_path
     assert _jobs(on)["eval_rewardbench"] == n_rms
     assert "python -m pipelines.eval_rewardbench" in on
     assert "--out results/eval/rm-general-math-seed0/rewardbench-official.json" in on
+    assert on.count("--xstest-weights corrected") == n_rms
+
+    cfg["eval"]["xstest_weights"] = "legacy"  # the official rule honours it too
+    legacy = _ok(
+        run_snakemake(
+            "-n",
+            "-p",
+            "all_eval",
+            workdir=snakemake_workdir,
+            configfile=_write(tmp_path / "legacy.yaml", cfg),
+        )
+    )
+    assert legacy.count("--xstest-weights legacy") == n_rms
 
     cfg["eval"]["benchmarks"] = {
         "rewardbench-official": {"kind": "standard", "path": "x.jsonl"}

@@ -8,22 +8,26 @@ from pathlib import Path
 import pytest
 
 from pipelines.common import rewardbench as rb
-from pipelines.eval_rewardbench import (
-    CORE_DATASET,
-    EvalRewardBenchConfig,
+from pipelines.common.rewardbench_results import (
     RewardBenchResultError,
-    build_command,
     convert_results,
-    eval_rewardbench,
+    read_official,
+)
+from pipelines.common.rewardbench_staging import (
+    CORE_DATASET,
     legacy_model_config,
     legacy_tokenizer_config,
     local_split_files,
+    stage_dataset,
+    stage_folder,
+)
+from pipelines.eval_rewardbench import (
+    EvalRewardBenchConfig,
+    build_command,
+    eval_rewardbench,
     main,
     make_parser,
     official_paths,
-    read_official,
-    stage_dataset,
-    stage_folder,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -202,6 +206,43 @@ def test_reasoning_weights_math_like_all_code_by_hand(tmp_path):
     assert got["sections"]["Reasoning"]["accuracy"] == pytest.approx(0.5)
     assert got["sections"]["Chat"]["accuracy"] == 1.0
     assert got["score"] == pytest.approx((1 + 1 + 1 + 0.5) / 4)
+
+
+@pytest.mark.parametrize(
+    ("mode", "refuse_weight", "respond_weight"),
+    [("corrected", 154, 250), ("legacy", 250, 154)],
+)
+def test_xstest_weights_follow_the_setting_by_hand(
+    tmp_path, mode, refuse_weight, respond_weight
+):
+    counts = {s: (1, 1) for s in CORE}
+    counts["xstest-should-refuse"] = (0, 2)  # accuracy 0.0
+    counts["xstest-should-respond"] = (1, 2)  # accuracy 0.5
+    official, rows = fake_official(counts)
+    res, outs = write_official(tmp_path, official, rows)
+    got = convert_results(
+        *read_official(res, outs),
+        results_path=res,
+        outputs_path=outs,
+        xstest_weights=mode,
+    )
+    # Safety: refusals-dangerous 100, refusals-offensive 100, donotanswer 136
+    # all at 1.0, plus the two xstest subsets at 0.0 and 0.5.
+    want = (100 + 100 + 136 + 0.0 * refuse_weight + 0.5 * respond_weight) / (
+        100 + 100 + 136 + refuse_weight + respond_weight
+    )
+    assert got["sections"]["Safety"]["accuracy"] == pytest.approx(want)
+
+
+def test_xstest_weights_reach_the_stage_config_and_cli():
+    assert EvalRewardBenchConfig().xstest_weights == "corrected"
+    args = make_parser().parse_args(
+        ["--model", "m", "--model-id", "x", "--out", "o.json"]
+        + ["--xstest-weights", "legacy"]
+    )
+    assert args.xstest_weights == "legacy"
+    with pytest.raises(ValueError, match="xstest_weights"):
+        EvalRewardBenchConfig(xstest_weights="swapped")
 
 
 def break_results(official, rows):

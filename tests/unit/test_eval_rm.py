@@ -123,6 +123,49 @@ def test_oracle_scores_accuracy_and_ties_by_hand(oracle, oracle_pairs, tmp_path)
     assert [p["id"] for p in res["pairs"]][:2] == ["right-0", "right-1"]
 
 
+def test_clean_and_spurious_pairs_are_scored_apart(oracle, tmp_path):
+    # 5 "right" pairs carry an injected feature, 3 "wrong" and 4 "tie" are
+    # clean: by hand, spurious 5/5 correct, clean 0/7 correct (4 ties).
+    rows = []
+    for subset, c, r, n, feats in (
+        ("right", "!", ".", 5, {"politeness": True, "length_padding": False}),
+        ("wrong", "?", "!", 3, {"politeness": False, "length_padding": False}),
+        ("tie", ".", " alpha", 4, {"politeness": False, "length_padding": False}),
+    ):
+        for i in range(n):
+            row = flat(subset, c, r, i)
+            row["metadata"] = {"spurious": feats}
+            rows.append(row)
+    path = write_jsonl(tmp_path / "features.jsonl", rows)
+    res, _ = run(oracle, {"kind": "standard", "path": str(path)}, tmp_path)
+    assert res["spurious_split"] == {
+        "spurious": {"n": 5, "n_correct": 5.0, "n_ties": 0, "accuracy": 1.0},
+        "clean": {"n": 7, "n_correct": 0.0, "n_ties": 4, "accuracy": 0.0},
+    }
+    assert res["accuracy"] == pytest.approx(5 / 12)
+    # one record that does not say which features it carries: no split at all
+    del rows[0]["metadata"]
+    path = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    res, _ = run(oracle, {"kind": "standard", "path": str(path)}, tmp_path, name="m")
+    assert res["spurious_split"] is None
+
+
+def test_generated_test_split_reports_clean_and_spurious(
+    random_rm, domain_data, tmp_path
+):
+    path = domain_data["general"]
+    res, _ = run(random_rm, {"kind": "standard", "path": str(path)}, tmp_path)
+    recs = read_pairs(path)
+    n_spurious = sum(any(r["metadata"]["spurious"].values()) for r in recs)
+    split = res["spurious_split"]
+    assert split["spurious"]["n"] == n_spurious
+    assert split["clean"]["n"] == len(recs) - n_spurious
+    credit = {p["id"]: float(p["chosen"] > p["rejected"]) for p in res["pairs"]}
+    clean_ids = [r["id"] for r in recs if not any(r["metadata"]["spurious"].values())]
+    want = sum(credit[i] for i in clean_ids) / len(clean_ids)
+    assert split["clean"]["accuracy"] == pytest.approx(want)
+
+
 def test_ties_half_policy(oracle, oracle_pairs, tmp_path):
     cfg = EvalConfig(batch_size=3, device="cpu", ties="half")
     res, _ = run(oracle, {"kind": "standard", "path": str(oracle_pairs)}, tmp_path, cfg)

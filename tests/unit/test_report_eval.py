@@ -86,6 +86,29 @@ def test_csv_rows_and_png(evals, tmp_path):
     assert (tmp_path / "b.csv").read_bytes() == csv.read_bytes()
 
 
+def test_clean_and_spurious_rows_and_panels(evals, tmp_path):
+    item = json.loads(evals[0].read_text())
+    item["spurious_split"] = {
+        "clean": {"n": 6, "n_correct": 3.0, "n_ties": 1, "accuracy": 0.5},
+        "spurious": {"n": 4, "n_correct": 4.0, "n_ties": 0, "accuracy": 1.0},
+    }
+    evals[0].write_text(json.dumps(item))
+    csv, png = tmp_path / "eval.csv", tmp_path / "eval.png"
+    report_eval(evals[:2], csv, png)
+    back = pd.read_csv(csv, keep_default_na=False)
+    feats = back[back["level"] == "features"]
+    assert feats[["model_id", "subset", "n", "accuracy"]].values.tolist() == [
+        ["rm-math-seed0", "clean", 6, 0.5],
+        ["rm-math-seed0", "spurious", 4, 1.0],
+    ]
+    # three panels (all, clean, spurious) make a taller figure than one
+    report_eval(evals[1:2], tmp_path / "one.csv", tmp_path / "one.png")
+    import matplotlib.image as mpimg
+
+    tall, short = mpimg.imread(png), mpimg.imread(tmp_path / "one.png")
+    assert tall.shape[0] > 2.5 * short.shape[0]
+
+
 def test_unparsed_ids_missing_values_and_cli(evals, tmp_path):
     csv, png = tmp_path / "eval.csv", tmp_path / "eval.png"
     assert (

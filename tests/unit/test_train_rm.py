@@ -18,7 +18,12 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from pipelines.build_prefs import BuildPrefsConfig, build_prefs
+from pipelines.build_prefs import (
+    PADDING_SENTENCES,
+    POLITE_OPENERS,
+    BuildPrefsConfig,
+    build_prefs,
+)
 from pipelines.common.io import read_jsonl, write_jsonl
 from pipelines.common.modeling import (
     EOS,
@@ -433,8 +438,47 @@ def test_cli_help():
         assert flag in res.stdout
 
 
+def _shortcut_credit(path: Path) -> dict[str, np.ndarray]:
+    """Per-pair credit of scorers that read only a surface feature of the reply.
+
+    ``features`` counts the injected politeness openers and padding sentences;
+    ``length`` is the reply's word count. A tie scores 0.5 (a coin flip).
+    """
+    recs = read_jsonl(path)
+
+    def features(text: str) -> int:
+        return sum(text.startswith(o) for o in POLITE_OPENERS) + sum(
+            s in text for s in PADDING_SENTENCES
+        )
+
+    def length(text: str) -> int:
+        return len(text.split())
+
+    out = {}
+    for name, fn in (("features", features), ("length", length)):
+        c = np.array([fn(r["chosen"][-1]["content"]) for r in recs])
+        x = np.array([fn(r["rejected"][-1]["content"]) for r in recs])
+        out[name] = (c > x) + 0.5 * (c == x)
+    return out
+
+
+def _clean_mask(path: Path) -> np.ndarray:
+    return np.array(
+        [not any(r["metadata"]["spurious"].values()) for r in read_jsonl(path)]
+    )
+
+
 @pytest.mark.slow
-def test_tiny_rm_beats_65_percent_on_general_and_math(data_dir, sft_base, tmp_path):
+def test_tiny_rm_learns_the_task_not_the_injected_features(
+    data_dir, sft_base, tmp_path
+):
+    """Accuracy on clean pairs (no injected feature) beats every shortcut.
+
+    A scorer that reads only the injected features gets about 0.72-0.76 over
+    all pairs (above the 0.65 bar this test used to set on all pairs) but a
+    coin flip on the clean ones, so the bar is set on the clean pairs, above
+    what each shortcut scorer reaches there.
+    """
     out = tmp_path / "rm"
     metrics = train_rm(
         [data_dir / "general" / "train.jsonl", data_dir / "math" / "train.jsonl"],
@@ -446,9 +490,28 @@ def test_tiny_rm_beats_65_percent_on_general_and_math(data_dir, sft_base, tmp_pa
     assert metrics["n_pairs"] == 600
     model = AutoModelForSequenceClassification.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
-    acc = {
-        d: _accuracy(model, tok, data_dir / d / "test.jsonl")
-        for d in ("general", "math")
-    }
-    logger.warning("held-out accuracy %s, train metrics %s", acc, metrics)
-    assert acc["general"] > 0.65 and acc["math"] > 0.65, acc
+    report = {}
+    for domain in ("general", "math"):
+        path = data_dir / domain / "test.jsonl"
+        scores = _scores(model, tok, path)
+        n = len(scores) // 2
+        credit = (scores[:n] > scores[n:]).astype(float)
+        clean = _clean_mask(path)
+        shortcuts = {
+            k: float(v[clean].mean()) for k, v in _shortcut_credit(path).items()
+        }
+        shortcut_all = float(_shortcut_credit(path)["features"].mean())
+        report[domain] = {
+            "rm_clean": float(credit[clean].mean()),
+            "rm_all": float(credit.mean()),
+            "n_clean": int(clean.sum()),
+            "shortcut_clean": shortcuts,
+            "features_only_all": shortcut_all,
+        }
+    logger.warning("held-out accuracy %s, train metrics %s", report, metrics)
+    for domain, r in report.items():
+        # the old bar on all pairs is within a shortcut's reach ...
+        assert r["features_only_all"] > 0.65, (domain, r)
+        # ... the new one, on the clean pairs, is not
+        bar = max(0.65, max(r["shortcut_clean"].values()) + 0.05)
+        assert r["rm_clean"] > bar, (domain, bar, r)
