@@ -101,8 +101,8 @@ class BuildPrefsConfig:
         Raises:
             ConfigError: naming the flag and the value.
         """
-        if self.sft_size < 1:
-            raise ConfigError(f"--sft-size must be at least 1, got {self.sft_size}")
+        if self.sft_size < 0:
+            raise ConfigError(f"--sft-size must be >= 0, got {self.sft_size}")
         for split, n in self.sizes.items():
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise ConfigError(
@@ -349,6 +349,10 @@ def build_prefs(
             written then.
     """
     splits = _check_outputs(pairs_out, sft_out)
+    if sft_out is not None and cfg.sft_size < 1:
+        raise ConfigError(
+            f"--sft-size must be at least 1 with --sft-out, got {cfg.sft_size}"
+        )
     workers = cfg.workers or os.cpu_count() or 1
     if cfg.source is not None:
         records, sft = _imported(domain, splits, cfg)

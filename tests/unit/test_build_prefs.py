@@ -359,7 +359,11 @@ def test_a_bug_is_not_dressed_as_bad_input(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--sft-size", "0"], "--sft-size must be at least 1, got 0"),
+        (["--sft-size", "-1"], "--sft-size must be >= 0, got -1"),
+        (
+            ["--sft-size", "0", "--sft-out", "sft.jsonl"],
+            "--sft-size must be at least 1 with --sft-out, got 0",
+        ),
         (["--politeness-rate", "1.5"], "--politeness-rate must be in [0, 1], got 1.5"),
         (
             ["--sizes", '{"train": 0}'],
@@ -369,6 +373,7 @@ def test_a_bug_is_not_dressed_as_bad_input(tmp_path, monkeypatch):
 )
 def test_out_of_range_flags(tmp_path, capsys, flags, message):
     pairs, sft = outs(tmp_path)
+    flags = [str(tmp_path / f) if f.endswith(".jsonl") else f for f in flags]
     argv = ["--domain", "general", "--pairs-out", str(pairs[0]), *flags]
     assert main(argv) == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"error: {message}"
