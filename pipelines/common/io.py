@@ -43,7 +43,9 @@ logger = logging.getLogger(__name__)
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 _OWNED_TAG = re.compile(r"(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-[0-9a-f]+")
 _ANY_TAG = r"[A-Za-z0-9_-]+"  # also the 8-character names of tempfile.mkstemp
-_LIVE: set[Path] = set()  # temporaries this process is writing right now
+# Names of the temporaries this process is writing right now (names, not
+# paths: a relative and an absolute spelling of one folder must agree).
+_LIVE: set[str] = set()
 _LIVE_LOCK = threading.Lock()
 
 BOM = b"\xef\xbb\xbf"
@@ -79,7 +81,7 @@ def _stale_patterns(name: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
 def _owner_alive(tag: str, path: Path) -> bool:
     """Whether the writer that named temporary ``path`` with ``tag`` still runs."""
     with _LIVE_LOCK:
-        if path in _LIVE:
+        if path.name in _LIVE:
             return True
     owned = _OWNED_TAG.fullmatch(tag)
     if owned is None or owned["host"] != _HOST:
@@ -149,7 +151,7 @@ def _new_temp(path: Path, make: str) -> Path:
         else:
             tmp = path.parent / f".{path.name}.{make}-{tag}"
         with _LIVE_LOCK:
-            _LIVE.add(tmp)  # before it exists, so no cleaner sees it unowned
+            _LIVE.add(tmp.name)  # before it exists: no cleaner sees it unowned
         try:
             if make == "file":  # mode 0o666 and 0o777 less the umask, like open()
                 os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
@@ -166,7 +168,7 @@ def _new_temp(path: Path, make: str) -> Path:
 
 def _release(tmp: Path) -> None:
     with _LIVE_LOCK:
-        _LIVE.discard(tmp)
+        _LIVE.discard(tmp.name)
 
 
 # ------------------------------------------------------------ atomic output

@@ -70,8 +70,16 @@ def _hub_rows(entry: Mapping[str, object]) -> Iterator[tuple[int, object]]:
     yield from enumerate(ds, start=1)
 
 
-def _file_rows(path: Path) -> Iterator[tuple[int, object]]:
-    """Rows of a local file, after checking it is one of a known type."""
+def file_rows(path: Path) -> Iterator[tuple[int, object]]:
+    """``(row, parsed row)`` of a local .jsonl/.json/.parquet file.
+
+    The file is checked when this is called (not when iterated), so a missing
+    file, a folder or an unknown type raise at once.
+
+    Raises:
+        pipelines.common.io.MissingInputError: when ``path`` does not exist.
+        pipelines.common.io.InputFileError: on a folder or an unknown type.
+    """
     if not path.exists():
         raise MissingInputError(f"source file not found: {path}")
     if path.is_dir():
@@ -133,7 +141,7 @@ def load_entry(
     fmt = str(entry.get("format", "auto"))
     if "path" in entry:
         path = Path(str(entry["path"]))
-        rows = _file_rows(path)
+        rows = file_rows(path)
         source = str(path)
     else:
         rows = _hub_rows(entry)

@@ -190,8 +190,9 @@ def test_stale_pattern_claims_only_this_outputs_temps(tmp_path):
     assert left == {n for n, stale in names.items() if not stale} | {"a.json"}
 
 
-def test_live_temp_of_another_thread_is_spared(tmp_path):
+def test_live_temp_of_another_thread_is_spared(tmp_path, monkeypatch):
     out = tmp_path / "a.jsonl"
+    monkeypatch.chdir(tmp_path)
     inside, release = threading.Event(), threading.Event()
     errors = []
 
@@ -208,7 +209,8 @@ def test_live_temp_of_another_thread_is_spared(tmp_path):
     thread.start()
     assert inside.wait(60)
     (live,) = tmp_path.glob(".a.jsonl.*.tmp")
-    write_jsonl(out, [{"from": "main"}])  # cleans stale temps of a.jsonl first
+    # the same output spelt relative: cleans stale temps of a.jsonl first
+    write_jsonl("a.jsonl", [{"from": "main"}])
     assert live.exists()
     release.set()
     thread.join(60)
