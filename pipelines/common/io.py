@@ -123,9 +123,12 @@ def remove_stale_temps(path: Path | str) -> list[Path]:
     except FileNotFoundError:
         return []
     removed = []
+    prefix = f".{path.name}."
     for name in names:
-        tmp = path.parent / name
+        if not name.startswith(prefix):  # cheap first: folders can be large
+            continue
         match = files.fullmatch(name) or folders.fullmatch(name)
+        tmp = path.parent / name
         if match is None or _owner_alive(match["tag"], tmp):
             continue
         previous = tmp / "previous"
