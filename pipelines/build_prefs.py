@@ -10,6 +10,9 @@ file or a hub dataset id) is loaded and normalised instead.
         --sft-out results/data/sft/math/train.jsonl
 
 The split of each ``--pairs-out`` file is its file stem (``train``, ``test``...).
+Bad input (a malformed row, file or flag) ends with one line naming the file,
+row and field, and exit status 2; an output that would be empty is refused.
+Outputs appear together or not at all.
 """
 
 from __future__ import annotations
@@ -23,9 +26,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.common.cli import add_dataclass_args, dataclass_from_args, field_help
-from pipelines.common.io import write_jsonl
-from pipelines.common.logs import log_run_header, setup_logging
+from pipelines.common.cli import (
+    UserError,
+    add_dataclass_args,
+    dataclass_from_args,
+    field_help,
+    handle_user_errors,
+)
+from pipelines.common.io import EmptyOutputError, write_jsonl_all
+from pipelines.common.logs import add_logging_args, log_run_header, setup_logging
 from pipelines.common.records import count_words
 from pipelines.common.seeding import rng_for
 from pipelines.common.sources import load_source
@@ -55,6 +64,10 @@ PADDING_SENTENCES = (
 )
 
 
+class ConfigError(UserError, ValueError):
+    """A flag or config value of this stage is out of range."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class BuildPrefsConfig:
     """Knobs of the data stage (YAML section ``data``)."""
@@ -73,6 +86,7 @@ class BuildPrefsConfig:
     )
     on_invalid: str = field_help(
         "bad imported rows: 'error' stops, 'skip' drops and counts them",
+        choices=("error", "skip"),
         default="error",
     )
     source: dict | None = field_help(
@@ -80,6 +94,31 @@ class BuildPrefsConfig:
         default=None,
     )
     workers: int = field_help("parallel verifier processes (0: all cores)", default=0)
+
+    def __post_init__(self) -> None:
+        """Refuse values the schema would refuse, for hand-run CLIs.
+
+        Raises:
+            ConfigError: naming the flag and the value.
+        """
+        if self.sft_size < 0:
+            raise ConfigError(f"--sft-size must be >= 0, got {self.sft_size}")
+        for split, n in self.sizes.items():
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ConfigError(
+                    f"--sizes: split {split!r} needs a whole number >= 1, got {n!r}"
+                )
+        for name in ("length_padding_rate", "politeness_rate"):
+            rate = getattr(self, name)
+            if not 0.0 <= rate <= 1.0:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} must be in [0, 1], got {rate}")
+        if self.on_invalid not in ("error", "skip"):
+            raise ConfigError(
+                f"--on-invalid must be 'error' or 'skip', got {self.on_invalid!r}"
+            )
+        if self.workers < 0:
+            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
 
 
 def _inject(text: str, rng: random.Random, cfg: BuildPrefsConfig) -> tuple[str, dict]:
@@ -187,8 +226,8 @@ def _imported(
     domain: str, splits: Sequence[str], cfg: BuildPrefsConfig
 ) -> tuple[dict[str, list[dict]], list[dict]]:
     """Load a bring-your-own source; SFT = chosen replies of non-test prompts."""
-    if cfg.source is None:
-        raise ValueError(f"domain {domain!r} has no source")
+    if cfg.source is None:  # pragma: no cover - build_prefs checks
+        raise ConfigError(f"domain {domain!r} has no source")
     loaded = load_source(
         cfg.source, splits=splits, seed=cfg.seed, on_invalid=cfg.on_invalid
     )
@@ -230,6 +269,59 @@ def _prompt_key(prompt: list[dict[str, str]]) -> tuple:
     return tuple((m["role"], m["content"]) for m in prompt)
 
 
+def _check_outputs(pairs_out: Sequence[Path], sft_out: Path | None) -> list[str]:
+    """The split of each pairs file; refuse clashing or folder outputs.
+
+    Raises:
+        UserError: when two outputs share a path or split, or one is a folder.
+    """
+    paths = [Path(p) for p in pairs_out] + ([Path(sft_out)] if sft_out else [])
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        if path.is_dir():
+            raise UserError(f"{path}: output is an existing folder, not a file")
+        key = path.resolve()
+        if key in seen:
+            raise UserError(f"{path}: given twice as an output")
+        seen[key] = path
+    splits = [Path(p).stem for p in pairs_out]
+    if len(set(splits)) != len(splits):
+        raise UserError(f"two --pairs-out files for one split: {splits}")
+    return splits
+
+
+def _refuse_empty(
+    domain: str,
+    outputs: dict[Path, list[dict]],
+    sft_out: Path | None,
+    pooled: bool,
+) -> None:
+    """Refuse to write a pairs split or SFT file that would hold nothing.
+
+    Raises:
+        EmptyOutputError: naming the file and why it would be empty.
+    """
+    sizes = {p.stem: len(r) for p, r in outputs.items() if p != sft_out}
+    for path, recs in outputs.items():
+        if recs:
+            continue
+        if path == sft_out:
+            raise EmptyOutputError(
+                f"{path}: refusing to write an empty SFT file for {domain!r}: SFT"
+                " examples are the chosen replies of train prompts that are in no"
+                f" held-out split, and none is left (pairs per split: {sizes})"
+            )
+        hint = (
+            "; a pooled source needs more valid rows or a smaller test_fraction"
+            if pooled
+            else ""
+        )
+        raise EmptyOutputError(
+            f"{path}: refusing to write an empty {path.stem!r} split for"
+            f" {domain!r} (pairs per split: {sizes}){hint}"
+        )
+
+
 def build_prefs(
     domain: str,
     pairs_out: Sequence[Path],
@@ -249,28 +341,44 @@ def build_prefs(
         Counts written per file kind (``{"train": n, "test": m, "sft": k}``).
 
     Raises:
-        ValueError: on an unknown domain or a split without a size/source.
-        pipelines.common.records.RecordError: on a bad imported row with
-            ``on_invalid == "error"``; nothing is written then.
+        pipelines.common.cli.UserError: on an unknown domain, a split without a
+            size/source, clashing outputs, a bad source (a
+            :class:`~pipelines.common.records.RecordError` names file, row and
+            field with ``on_invalid == "error"``) or an output that would be
+            empty (:class:`~pipelines.common.io.EmptyOutputError`). Nothing is
+            written then.
     """
-    splits = [Path(p).stem for p in pairs_out]
-    if len(set(splits)) != len(splits):
-        raise ValueError(f"two outputs for one split: {splits}")
+    splits = _check_outputs(pairs_out, sft_out)
+    if sft_out is not None and cfg.sft_size < 1:
+        raise ConfigError(
+            f"--sft-size must be at least 1 with --sft-out, got {cfg.sft_size}"
+        )
     workers = cfg.workers or os.cpu_count() or 1
     if cfg.source is not None:
         records, sft = _imported(domain, splits, cfg)
     elif domain in GENERATED_DOMAINS:
         missing = [s for s in splits if s not in cfg.sizes]
         if missing:
-            raise ValueError(f"no size configured for split(s) {missing} (data.sizes)")
+            raise ConfigError(
+                f"no size configured for split(s) {missing} (data.sizes, --sizes)"
+            )
         records, sft = _generated(domain, splits, cfg, workers)
     else:
-        domain_module(domain)  # raises with the list of generated domains
-        raise AssertionError("unreachable")
-    # Everything is built in memory first: a failure above leaves no file.
+        raise ConfigError(
+            f"domain {domain!r} has no generator (built-in:"
+            f" {', '.join(GENERATED_DOMAINS)}); give it data.sources (--source)"
+        )
+    # Everything is built in memory first; the files are renamed into place
+    # together, so a failure leaves none of them.
+    outputs = {Path(p): records[s] for p, s in zip(pairs_out, splits, strict=True)}
+    if sft_out is not None:
+        outputs[Path(sft_out)] = sft
+    pooled = cfg.source is not None and "splits" not in cfg.source
+    _refuse_empty(domain, outputs, Path(sft_out) if sft_out else None, pooled)
+    written = write_jsonl_all(outputs)
     counts: dict[str, int] = {}
     for path, split in zip(pairs_out, splits, strict=True):
-        counts[split] = write_jsonl(path, records[split])
+        counts[split] = written[Path(path)]
         subsets = Counter(r["subset"] for r in records[split])
         spurious = Counter(
             k
@@ -288,7 +396,7 @@ def build_prefs(
             dict(spurious),
         )
     if sft_out is not None:
-        counts["sft"] = write_jsonl(sft_out, sft)
+        counts["sft"] = written[Path(sft_out)]
         logger.info("%s/sft: %d examples -> %s", domain, counts["sft"], sft_out)
     return counts
 
@@ -307,14 +415,16 @@ def make_parser() -> argparse.ArgumentParser:
         help="one JSONL path per split; the split name is the file stem",
     )
     parser.add_argument("--sft-out", type=Path, default=None, help="SFT JSONL path")
+    add_logging_args(parser)
     add_dataclass_args(parser, BuildPrefsConfig)
     return parser
 
 
+@handle_user_errors
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI."""
+    """Run the CLI; bad input ends with one line and exit status 2."""
     args = make_parser().parse_args(argv)
-    setup_logging()
+    setup_logging(log_file=args.log_file)
     cfg = dataclass_from_args(BuildPrefsConfig, args)
     log_run_header(logger, cfg, domain=args.domain)
     build_prefs(args.domain, args.pairs_out, args.sft_out, cfg=cfg)

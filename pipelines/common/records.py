@@ -28,14 +28,28 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines.common.cli import UserError
+from pipelines.common.io import LineProblem, iter_jsonl, lone_surrogate, walk_json
+
 logger = logging.getLogger(__name__)
 
 ROLES = frozenset({"system", "user", "assistant"})
 ATTRIBUTES = ("correctness", "verbosity", "format")
 NAN = float("nan")
+# The fields of a row that the standard record keeps (others are dropped).
+KEPT_FIELDS = (
+    "id",
+    "domain",
+    "subset",
+    "prompt",
+    "chosen",
+    "rejected",
+    "attributes",
+    "metadata",
+)
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     """A record is malformed; the message names the source, row and field."""
 
     def __init__(self, source: str, row: int, field_name: str, problem: str) -> None:
@@ -128,17 +142,53 @@ def _check_attributes(
         for key, val in attrs.items():
             if val is None:
                 clean[key] = NAN
-            elif isinstance(val, bool) or not isinstance(val, int | float):
+            elif (
+                isinstance(val, bool)
+                or not isinstance(val, int | float)
+                or math.isinf(val)
+            ):
                 raise RecordError(
                     source,
                     row,
                     f"attributes.{side}.{key}",
-                    f"expected a number or null, got {val!r}",
+                    f"expected a finite number or null, got {val!r}",
                 )
             else:
                 clean[key] = float(val)
         out[side] = clean
     return out
+
+
+def _unwritable(rec: Mapping[object, object]) -> tuple[str, str] | None:
+    r"""The first value of ``rec`` that cannot be written as UTF-8 JSON, and why.
+
+    Such a value (a lone surrogate from a ``\ud800`` escape, an infinity, a
+    date from a Parquet column) would otherwise fail only when the outputs are
+    written. Serialising is the fast check; the walk runs only to name the
+    field once it failed.
+    """
+    try:
+        text = json.dumps(rec, ensure_ascii=False)
+        text.encode("utf-8")
+        if "Infinity" not in text:  # else an infinity, or only the word
+            return None
+    except (TypeError, ValueError):  # ValueError includes UnicodeEncodeError
+        pass
+    for where, item in walk_json(rec):
+        if isinstance(item, str):
+            bad = lone_surrogate(item)
+            if bad is not None:
+                return where, f"not valid Unicode: lone surrogate {bad!r}"
+        elif isinstance(item, float):
+            if math.isinf(item):
+                return where, f"expected a finite number, got {item}"
+        elif not (item is None or isinstance(item, int | list | tuple | Mapping)):
+            return where, f"expected JSON data, got {type(item).__name__}"
+        if isinstance(item, Mapping):
+            for key in item:
+                if not (key is None or isinstance(key, str | int | float)):
+                    return where, f"object key {key!r} is not a string"
+    return None
 
 
 def validate_pair(rec: object, *, source: str, row: int) -> dict:
@@ -155,11 +205,20 @@ def validate_pair(rec: object, *, source: str, row: int) -> dict:
     Raises:
         RecordError: naming the source, row and field of the first problem.
     """
+    clean = _validate(rec, source, row)
+    bad = _unwritable(clean)
+    if bad is not None:
+        raise RecordError(source, row, *bad)
+    return clean
+
+
+def _validate(rec: object, source: str, row: int) -> dict:
+    """:func:`validate_pair` less the check that every value can be written."""
     if not isinstance(rec, Mapping):
         raise RecordError(
             source, row, "<record>", f"expected a JSON object, got {type(rec).__name__}"
         )
-    for key in ("id", "prompt", "chosen", "rejected"):
+    for key in ("id", "chosen", "rejected", "prompt"):
         if key not in rec:
             raise RecordError(source, row, key, "missing")
     rid = rec["id"]
@@ -215,6 +274,52 @@ def validate_pair(rec: object, *, source: str, row: int) -> dict:
     }
 
 
+def _flat_to_standard(rec: dict, source: str, row: int) -> None:
+    """Turn flat string fields into conversations, in place."""
+    # A field of the wrong type is named before a missing one: for
+    # {"chosen": "text", "rejected": 5} the fault is 'rejected', not 'prompt'.
+    for key in ("chosen", "rejected", "prompt"):
+        if key in rec and not isinstance(rec[key], str):
+            raise RecordError(
+                source,
+                row,
+                key,
+                f"expected a string (flat format), got {type(rec[key]).__name__}",
+            )
+    for key in ("chosen", "rejected", "prompt"):
+        if key not in rec:
+            raise RecordError(source, row, key, "missing")
+    prompt = [{"role": "user", "content": rec["prompt"]}]
+    rec["chosen"] = [*prompt, {"role": "assistant", "content": rec["chosen"]}]
+    rec["rejected"] = [*prompt, {"role": "assistant", "content": rec["rejected"]}]
+    rec["prompt"] = prompt
+
+
+def _prompt_from_chosen(chosen: object, source: str, row: int) -> list[dict]:
+    """The prompt of a record without one: ``chosen`` less its assistant reply.
+
+    Problems are named in ``chosen``, the field the user wrote.
+    """
+    conv = _check_messages(chosen, source, row, "chosen")
+    last = len(conv) - 1
+    if conv[last]["role"] != "assistant":
+        raise RecordError(
+            source,
+            row,
+            f"chosen[{last}].role",
+            "last message must be the assistant reply",
+        )
+    if last == 0:
+        raise RecordError(
+            source,
+            row,
+            "chosen",
+            "no prompt: the record has no 'prompt' and 'chosen' holds only the"
+            " assistant reply",
+        )
+    return chosen[:last]  # type: ignore[index]
+
+
 def normalize_record(rec: object, *, source: str, row: int, fmt: str = "auto") -> dict:
     """Turn a standard or flat record into a validated standard record.
 
@@ -239,48 +344,46 @@ def normalize_record(rec: object, *, source: str, row: int, fmt: str = "auto") -
             source, row, "<record>", f"expected a JSON object, got {type(rec).__name__}"
         )
     rec = dict(rec)
+    # Checked as written, so that the message names the user's field
+    # ('rejected' of a flat row, not the 'rejected[1].content' made from it).
+    bad = _unwritable({k: rec[k] for k in KEPT_FIELDS if k in rec})
+    if bad is not None:
+        raise RecordError(source, row, *bad)
     if fmt == "auto":
-        fmt = "flat" if isinstance(rec.get("chosen"), str) else "standard"
+        flat = isinstance(rec.get("chosen"), str) or (
+            "chosen" not in rec and isinstance(rec.get("rejected"), str)
+        )
+        fmt = "flat" if flat else "standard"
     if fmt == "flat":
-        for key in ("prompt", "chosen", "rejected"):
-            if key not in rec:
-                raise RecordError(source, row, key, "missing")
-            if not isinstance(rec[key], str):
-                raise RecordError(
-                    source,
-                    row,
-                    key,
-                    f"expected a string (flat format), got {type(rec[key]).__name__}",
-                )
-        prompt = [{"role": "user", "content": rec["prompt"]}]
-        rec["chosen"] = [*prompt, {"role": "assistant", "content": rec["chosen"]}]
-        rec["rejected"] = [*prompt, {"role": "assistant", "content": rec["rejected"]}]
-        rec["prompt"] = prompt
-    elif "prompt" not in rec and isinstance(rec.get("chosen"), list) and rec["chosen"]:
-        rec["prompt"] = rec["chosen"][:-1]
+        _flat_to_standard(rec, source, row)
+    elif "prompt" not in rec and "chosen" in rec:
+        rec["prompt"] = _prompt_from_chosen(rec["chosen"], source, row)
     elif isinstance(rec.get("prompt"), str):
         rec["prompt"] = [{"role": "user", "content": rec["prompt"]}]
     rec.setdefault("id", f"row{row}")
-    return validate_pair(rec, source=source, row=row)
+    return _validate(rec, source, row)  # its values were checked above
 
 
 def iter_rows(path: Path | str) -> Iterator[tuple[int, object]]:
     """Yield ``(row, parsed_json)`` from a JSONL file, rows numbered from 1.
 
-    A line that is not valid JSON yields a :class:`RecordError` (field
-    ``<json>``) in place of the object, so that :func:`load_pairs` can raise or
-    skip it; blank lines are ignored.
+    A row is a line (1-based, as an editor numbers them). A line that is not
+    valid JSON or not UTF-8 yields a :class:`RecordError` (field ``<json>``,
+    ``<line>`` or the field holding the bad bytes) in place of the object, so
+    that :func:`load_pairs` can raise or skip it; blank lines are ignored and a
+    byte-order mark is dropped.
+
+    Raises:
+        pipelines.common.io.InputFileError: when the file is missing, a
+            folder, unreadable or pretty-printed JSON (see
+            :func:`pipelines.common.io.iter_jsonl`).
     """
     source = str(path)
-    with open(path, encoding="utf-8") as fh:
-        for i, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield i, json.loads(line)
-            except json.JSONDecodeError as err:
-                problem = f"malformed JSON: {err.msg} at column {err.colno}"
-                yield i, RecordError(source, i, "<json>", problem)
+    for i, value in iter_jsonl(path):
+        if isinstance(value, LineProblem):
+            yield i, RecordError(source, i, value.field, value.problem)
+        else:
+            yield i, value
 
 
 def load_pairs(

@@ -25,31 +25,96 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+from pipelines.common.cli import UserError
+from pipelines.common.io import InputFileError, MissingInputError
 from pipelines.common.records import LoadReport, iter_rows, load_pairs
 from pipelines.common.seeding import rng_for
 
 logger = logging.getLogger(__name__)
 
 ENTRY_KEYS = {"path", "hub", "hub_split", "hub_config", "revision", "format"}
+FORMATS = ("auto", "standard", "flat")
+SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+class SourceSpecError(UserError, ValueError):
+    """A source spec (``data.sources.<domain>``) is malformed."""
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, object]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        raise InputFileError(f"{path}: not a readable Parquet file: {err}") from err
     yield from enumerate(table.to_pylist(), start=1)
 
 
 def _hub_rows(entry: Mapping[str, object]) -> Iterator[tuple[int, object]]:
     import datasets
 
-    ds = datasets.load_dataset(
-        str(entry["hub"]),
-        name=entry.get("hub_config"),
-        split=str(entry.get("hub_split", "train")),
-        revision=entry.get("revision"),
-    )
+    name = f"{entry['hub']}[{entry.get('hub_split', 'train')}]"
+    try:
+        ds = datasets.load_dataset(
+            str(entry["hub"]),
+            name=entry.get("hub_config"),
+            split=str(entry.get("hub_split", "train")),
+            revision=entry.get("revision"),
+        )
+    except (FileNotFoundError, ConnectionError, ValueError) as err:
+        # Not found, hub unreachable (offline) or no such split/config: the
+        # message is the user's to act on; the traceback stays in the log.
+        raise InputFileError(f"{name}: cannot load the dataset: {err}") from err
     yield from enumerate(ds, start=1)
+
+
+def file_rows(path: Path) -> Iterator[tuple[int, object]]:
+    """``(row, parsed row)`` of a local .jsonl/.json/.parquet file.
+
+    The file is checked when this is called (not when iterated), so a missing
+    file, a folder or an unknown type raise at once.
+
+    Raises:
+        pipelines.common.io.MissingInputError: when ``path`` does not exist.
+        pipelines.common.io.InputFileError: on a folder or an unknown type.
+    """
+    if not path.exists():
+        raise MissingInputError(f"source file not found: {path}")
+    if path.is_dir():
+        raise InputFileError(
+            f"{path}: a folder, not a data file; give a .jsonl, .json or .parquet"
+            f" file, or load a `datasets` folder with 'hub': '{path}'"
+        )
+    kind = SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise InputFileError(
+            f"{path}: unsupported file type {path.suffix!r}"
+            " (use .jsonl, .json (JSON lines) or .parquet)"
+        )
+    return iter_rows(path) if kind == "jsonl" else _parquet_rows(path)
+
+
+def _check_entry(entry: object) -> Mapping[str, object]:
+    if not isinstance(entry, Mapping):
+        raise SourceSpecError(
+            f"a source entry must be an object with 'path' or 'hub', got {entry!r}"
+        )
+    unknown = set(entry) - ENTRY_KEYS
+    if unknown:
+        raise SourceSpecError(
+            f"unknown source key(s) {sorted(unknown)}; allowed {sorted(ENTRY_KEYS)}"
+        )
+    if ("path" in entry) == ("hub" in entry):
+        raise SourceSpecError(
+            f"a source entry needs exactly one of 'path' or 'hub': {dict(entry)}"
+        )
+    if entry.get("format", "auto") not in FORMATS:
+        raise SourceSpecError(
+            f"source 'format' must be one of {list(FORMATS)}, got {entry['format']!r}"
+        )
+    return entry
 
 
 def load_entry(
@@ -65,34 +130,18 @@ def load_entry(
         Standard records and the load report.
 
     Raises:
-        ValueError: on a spec without exactly one of path/hub, an unknown key,
-            or a file type that is not .jsonl/.json/.parquet.
-        FileNotFoundError: when a local path does not exist.
+        SourceSpecError: on a spec without exactly one of path/hub, an unknown
+            key or format.
+        pipelines.common.io.MissingInputError: when a local path does not exist.
+        pipelines.common.io.InputFileError: on a folder, a file type that is not
+            .jsonl/.json/.parquet, an unreadable file or dataset, or no valid rows.
         pipelines.common.records.RecordError: on a bad row with ``on_invalid="error"``.
     """
-    unknown = set(entry) - ENTRY_KEYS
-    if unknown:
-        raise ValueError(
-            f"unknown source key(s) {sorted(unknown)}; allowed {sorted(ENTRY_KEYS)}"
-        )
-    if ("path" in entry) == ("hub" in entry):
-        raise ValueError(
-            f"a source entry needs exactly one of 'path' or 'hub': {dict(entry)}"
-        )
+    entry = _check_entry(entry)
     fmt = str(entry.get("format", "auto"))
     if "path" in entry:
         path = Path(str(entry["path"]))
-        if not path.exists():
-            raise FileNotFoundError(f"source file not found: {path}")
-        suffix = path.suffix.lower()
-        if suffix in (".jsonl", ".json"):
-            rows = iter_rows(path)
-        elif suffix == ".parquet":
-            rows = _parquet_rows(path)
-        else:
-            raise ValueError(
-                f"{path}: unsupported file type {suffix!r} (use .jsonl or .parquet)"
-            )
+        rows = file_rows(path)
         source = str(path)
     else:
         rows = _hub_rows(entry)
@@ -106,8 +155,13 @@ def load_entry(
         report.skipped,
         report.reasons or "",
     )
+    if not report.read:
+        raise InputFileError(f"{source}: no rows (an empty file or dataset)")
     if not records:
-        raise ValueError(f"{source}: no valid rows")
+        raise InputFileError(
+            f"{source}: no valid rows: all {report.read} were skipped"
+            f" ({report.reasons})"
+        )
     return records, report
 
 
@@ -130,29 +184,33 @@ def load_source(
         Records per split.
 
     Raises:
-        ValueError: when a requested split has no entry, or a pool is asked for
-            splits other than train and test.
+        SourceSpecError: when the spec is malformed, a requested split has no
+            entry, or a pool is asked for splits other than train and test.
     """
+    if not isinstance(spec, Mapping):
+        raise SourceSpecError(f"a source must be an object, got {spec!r}")
     if "splits" in spec:
         per_split = spec["splits"]
         if not isinstance(per_split, Mapping):
-            raise ValueError("source 'splits' must map split names to entries")
+            raise SourceSpecError("source 'splits' must map split names to entries")
         missing = [s for s in splits if s not in per_split]
         if missing:
-            raise ValueError(f"source has no entry for split(s) {missing}")
+            raise SourceSpecError(f"source has no entry for split(s) {missing}")
         return {s: load_entry(per_split[s], on_invalid=on_invalid)[0] for s in splits}
     extra = [s for s in splits if s not in ("train", "test")]
     if extra:
-        raise ValueError(
+        raise SourceSpecError(
             f"a single-pool source fills only train and test, not {extra};"
             " give per-split entries under 'splits'"
         )
+    # DogeRM splits off 10% for evaluation without a seed; we seed it (spec 4.1).
+    fraction = spec.get("test_fraction", 0.1)
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+        raise SourceSpecError(f"test_fraction must be a number, got {fraction!r}")
+    if not 0.0 < fraction < 1.0:
+        raise SourceSpecError(f"test_fraction must be in (0, 1), got {fraction}")
     entry = {k: v for k, v in spec.items() if k != "test_fraction"}
     records, _ = load_entry(entry, on_invalid=on_invalid)
-    # DogeRM splits off 10% for evaluation without a seed; we seed it (spec 4.1).
-    fraction = float(spec.get("test_fraction", 0.1))
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {fraction}")
     order = list(range(len(records)))
     rng_for(seed, "source-split").shuffle(order)
     n_test = max(1, round(fraction * len(records))) if "test" in splits else 0

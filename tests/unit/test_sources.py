@@ -4,8 +4,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines.common.cli import UserError
+from pipelines.common.io import InputFileError, MissingInputError
 from pipelines.common.records import RecordError
-from pipelines.common.sources import load_entry, load_source
+from pipelines.common.sources import SourceSpecError, load_entry, load_source
 
 
 def flat_rows(n):
@@ -95,3 +97,77 @@ def test_spec_errors(tmp_path):
         )
     with pytest.raises(ValueError, match="single-pool"):
         load_source({"path": str(path)}, splits=["train", "dev"], seed=0)
+
+
+# ---- issue 10.5: every problem is a UserError naming the file or key
+
+
+@pytest.mark.parametrize("name", ["pairs.jsonl", "plain"])
+def test_a_folder_is_named_as_a_folder(tmp_path, name):
+    folder = tmp_path / name
+    folder.mkdir()
+    with pytest.raises(InputFileError) as info:
+        load_entry({"path": str(folder)})
+    assert str(info.value).startswith(f"{folder}: a folder, not a data file")
+    assert "'hub'" in str(info.value)  # how to load a datasets folder instead
+
+
+def test_missing_file_is_a_user_error_and_file_not_found(tmp_path):
+    with pytest.raises(MissingInputError) as info:
+        load_entry({"path": str(tmp_path / "nope.jsonl")})
+    assert isinstance(info.value, FileNotFoundError)
+    assert isinstance(info.value, UserError)
+    assert str(tmp_path / "nope.jsonl") in str(info.value)
+
+
+def test_corrupt_parquet_names_the_file(tmp_path):
+    path = tmp_path / "p.parquet"
+    path.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(InputFileError, match=r"p.parquet: not a readable Parquet"):
+        load_entry({"path": str(path)})
+
+
+def test_pretty_printed_json_array_is_named(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(flat_rows(2), indent=2))
+    with pytest.raises(InputFileError) as info:
+        load_entry({"path": str(path)}, on_invalid="skip")
+    assert str(info.value).startswith(f"{path}: line 1: a JSON array spread")
+    assert f"jq -c '.[]' {path}" in str(info.value)
+
+
+def test_empty_file_and_all_rows_skipped(tmp_path):
+    empty = tmp_path / "e.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(InputFileError, match=r"e.jsonl: no rows"):
+        load_entry({"path": str(empty)})
+    bad = tmp_path / "b.jsonl"
+    bad.write_text('{"prompt": "q"}\n[1]\n')
+    with pytest.raises(InputFileError) as info:
+        load_entry({"path": str(bad)}, on_invalid="skip")
+    assert "b.jsonl: no valid rows: all 2 were skipped" in str(info.value)
+
+
+def test_hub_dataset_that_cannot_load_is_named(tmp_path):
+    spec = {"hub": str(tmp_path / "no-such-dataset"), "hub_split": "train"}
+    with pytest.raises(InputFileError) as info:
+        load_entry(spec)
+    assert str(info.value).startswith(
+        f"{tmp_path / 'no-such-dataset'}[train]: cannot load the dataset"
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ("p.jsonl", "a source must be an object"),
+        ({"splits": {"train": "p.jsonl"}}, "a source entry must be an object"),
+        ({"path": "p.jsonl", "format": "csv"}, "'format' must be one of"),
+        ({"path": "p.jsonl", "test_fraction": "a"}, "test_fraction must be a number"),
+        ({"path": "p.jsonl", "test_fraction": 1.0}, "must be in (0, 1)"),
+    ],
+)
+def test_bad_specs_are_spec_errors(spec, words):
+    with pytest.raises(SourceSpecError) as info:
+        load_source(spec, splits=["train"], seed=0)
+    assert words in str(info.value)
