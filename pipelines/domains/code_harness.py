@@ -74,7 +74,7 @@ _GO = ["go"]  # checker -> candidate process: stdin is read and closed
 _PRELOADED = ("typing",)
 
 # <linux/prctl.h> and <linux/landlock.h>; the landlock syscalls have the same
-# numbers on every architecture (they are in the generic syscall table).
+# numbers on every architecture Linux added them to at once (all but alpha).
 _PR_SET_DUMPABLE = 4
 _PR_SET_NO_NEW_PRIVS = 38
 _SYS_LANDLOCK_CREATE_RULESET = 444
@@ -109,14 +109,19 @@ def _make_undumpable() -> None:
     """prctl(PR_SET_DUMPABLE, 0): shield this process from same-uid processes.
 
     Raises:
-        OSError: the call failed (the check must not run unshielded).
+        OSError: the call failed, or this is not Linux (the check must not run
+            unshielded).
     """
+    if not sys.platform.startswith("linux"):
+        raise OSError("the code checker needs Linux (prctl, Landlock)")
     if _libc().prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         raise _os_error("prctl(PR_SET_DUMPABLE, 0)")
 
 
 def landlock_abi() -> int:
     """The kernel's Landlock ABI version; 0 when Landlock is unavailable."""
+    if not sys.platform.startswith("linux"):
+        return 0
     try:
         version = _libc().syscall(
             _SYS_LANDLOCK_CREATE_RULESET,
@@ -190,13 +195,13 @@ def _detach(keep: tuple[int, int]) -> None:
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
-    if null > 2:
-        os.close(null)
-    start = 3
-    for fd in sorted(keep):
-        os.closerange(start, fd)
-        start = fd + 1
-    os.closerange(start, os.sysconf("SC_OPEN_MAX"))
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:  # the listing's own descriptor, already closed
+                pass
 
 
 def _serve(code: str, entry_point: str, abi: int, requests: int, replies: int) -> None:

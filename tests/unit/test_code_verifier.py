@@ -48,9 +48,10 @@ answer_key                YES   YES       YES     known limit (the sandbox's fil
 
 ``nonce_hunt_then_exit`` looks for the nonce in ``gc.get_objects()``, every frame,
 ``/proc/{self,<checker>,1}/{fd/0,environ,cmdline,mem}`` and writes guessed pass
-lines to every stdout it can open; ``read_test_answers`` reads the test from
-``/proc/1/fd/0``, the checker's stdin, its own program file, frames and
-``gc.get_objects()`` and returns the expected values it finds there.
+lines to every stdout it can open; ``read_test_answers`` reads the test from its
+own fd 0 (``pread`` from offset 0), ``/proc/1/fd/0``, the checker's stdin, its own
+program file, frames and ``gc.get_objects()`` and returns the expected values it
+finds there.
 
 (*) ``read_test_answers`` is stopped by the candidate process's Landlock domain:
 the sandbox's init (pid 1 under bubblewrap) keeps the run's standard input, an
