@@ -440,10 +440,13 @@ def main(code: str, entry_point: str) -> int:
     requests_r, requests_w = os.pipe()
     replies_r, replies_w = os.pipe()
     pid = os.fork()
-    if pid == 0:
-        os.close(requests_w)
-        os.close(replies_r)
-        _serve(code, entry_point, abi, requests_r, replies_w)
+    if pid == 0:  # the candidate process never runs the checker's code below
+        try:
+            os.close(requests_w)
+            os.close(replies_r)
+            _serve(code, entry_point, abi, requests_r, replies_w)
+        finally:
+            os._exit(70)
     os.close(requests_r)
     os.close(replies_w)
     channel = _Channel(pid, requests_w, replies_r)
