@@ -7,10 +7,13 @@ the function. The chosen response is a short sentence and the full reference
 function in one ```python fence; the rejected response has the same form with a
 single-site AST mutant (:mod:`pipelines.domains.mutate`) that fails the tests.
 
-A response is correct iff the extracted code followed by the problem's ``test`` and
-``check(<entry_point>)`` exits 0 in the sandbox (:mod:`pipelines.common.sandbox`).
-Code extraction follows the APPS pair builder (spec 6.2): the text between the first
-two ``` fences, with a leading ``python`` tag stripped, else the whole response.
+A response is correct iff the problem's ``check(<entry_point>)`` runs to completion
+on the extracted code in the sandbox (:mod:`pipelines.common.sandbox`); exit status
+0 alone is not enough, since the candidate controls it. The check runs in its own
+process, apart from the candidate's, and proves completion with a per-run secret
+(:mod:`pipelines.domains.code_check`). Code extraction follows the APPS pair
+builder (spec 6.2): the text between the first two ``` fences, with a leading
+``python`` tag stripped, else the whole response.
 
 Chosen and rejected code are both rendered with ``ast.unparse``, so the pair differs
 only at the mutated site, never in layout or comments.
@@ -29,9 +32,10 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from pipelines.common.sandbox import SandboxLimits, run_many
+from pipelines.common.sandbox import SandboxLimits
 from pipelines.common.seeding import rng_for
 from pipelines.domains import PairDraft, SftDraft
+from pipelines.domains.code_check import run_checks
 from pipelines.domains.code_tasks import family_of, seeded_task
 from pipelines.domains.mutate import mutants, normalize
 
@@ -89,19 +93,6 @@ def extract_code(response: str) -> str:
     return code[match.end() :] if match else code
 
 
-def check_program(task: Mapping[str, str], code: str) -> str:
-    """The program that runs a problem's tests against ``code``.
-
-    Args:
-        task: a dict with ``test`` and ``entry_point``.
-        code: the candidate's code.
-
-    Returns:
-        Python source that exits 0 iff ``code`` passes the tests.
-    """
-    return f"{code}\n{task['test']}\ncheck({task['entry_point']})\n"
-
-
 def verify_many(
     items: Sequence[tuple[dict, str]],
     *,
@@ -117,13 +108,14 @@ def verify_many(
         limits: sandbox limits of each run.
 
     Returns:
-        For each item, whether the extracted code passes the tests.
+        For each item, whether the problem's ``check`` ran to completion on the
+        extracted code.
+
+    Raises:
+        ValueError: a task lacks a field or has one of the wrong type.
     """
-    programs = [check_program(task, extract_code(resp)) for task, resp in items]
-    if not programs:
-        return []
-    results = run_many(programs, limits=limits, workers=workers)
-    return [r.passed for r in results]
+    pairs = [(task, extract_code(resp)) for task, resp in items]
+    return [v.passed for v in run_checks(pairs, limits=limits, workers=workers)]
 
 
 def format_ok(response: str) -> bool:
@@ -208,8 +200,8 @@ def _candidate(
 
 
 def _check_references(cands: list[_Candidate], workers: int) -> None:
-    programs = [check_program(c.problem, c.code) for c in cands]
-    results = run_many(programs, limits=VERIFY_LIMITS, workers=workers) if cands else []
+    pairs = [(c.task, c.code) for c in cands]
+    results = run_checks(pairs, limits=VERIFY_LIMITS, workers=workers)
     for cand, result in zip(cands, results, strict=True):
         cand.reference_ok = result.passed
         if not result.passed:
@@ -238,8 +230,8 @@ def _find_failing_mutants(cands: list[_Candidate], workers: int) -> None:
             cand.tried += size
         if not owners:
             break
-        programs = [check_program(c.problem, m[1]) for c, m in owners]
-        results = run_many(programs, limits=MUTANT_LIMITS, workers=workers)
+        pairs = [(c.task, m[1]) for c, m in owners]
+        results = run_checks(pairs, limits=MUTANT_LIMITS, workers=workers)
         for (cand, mutant), result in zip(owners, results, strict=True):
             if cand.rejected is None and result.status == "error":
                 cand.rejected = mutant

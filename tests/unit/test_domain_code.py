@@ -205,3 +205,28 @@ def test_chosen_code_is_the_reference_rendered(generated):
     tree = ast.parse(body)
     names = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
     assert d.task["entry_point"] in names
+
+
+def test_exit_status_0_is_not_a_pass():
+    # A wrong seeded function that leaves before (or while) the tests run: the
+    # program exits 0 every time, and every time the check did not complete.
+    task = seeded_task(0, 0)
+    wrong = task["prompt"] + "    return None\n"
+    exits = [
+        "import sys\nsys.exit(0)\n",
+        "import os\nos._exit(0)\n",
+        "exit()\n",
+        "import atexit, os\natexit.register(os._exit, 0)\n",
+    ]
+    items = [(task, f"```python\n{wrong}\n{tail}```") for tail in exits]
+    items.append((task, f"```python\n{task['prompt']}{task['canonical_solution']}```"))
+    assert code.verify_many(items, workers=2) == [False] * len(exits) + [True]
+
+
+def test_malformed_task_is_an_error_naming_the_field():
+    task = seeded_task(0, 0)
+    reply = f"```python\n{task['prompt']}{task['canonical_solution']}```"
+    broken = {"entry_point": task["entry_point"], "task_id": task["task_id"]}
+    with pytest.raises(ValueError, match=r"'test' must be a string") as info:
+        code.verify_many([(task, reply), (broken, reply)], workers=1)
+    assert task["task_id"] in str(info.value)
