@@ -9,6 +9,14 @@ head is kept, the LM head is dropped, and the input embeddings are merged row
 by row over the shared vocabulary, LM-only tokens being appended with their LM
 rows. Tensors are streamed from the safetensors files one at a time and written
 in shards, so memory stays near one output shard rather than three models.
+
+The merged model keeps the RM's tokenizer (extended with LM-only tokens) and
+inherits the RM's chat format: the ``chat_format`` of the RM's
+``run_config.json`` (template and system prompt it was trained with) is copied
+into the merged folder's ``run_config.json``, so scoring a merge uses the RM's
+system prompt by default, whatever the folder is called (ALGORITHMS.md
+section 4.3 [BUG]). An RM without one leaves ``chat_format`` null: the merged
+model is then scored like the RM, with its tokenizer's template.
 """
 
 from __future__ import annotations
@@ -26,6 +34,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from pipelines.common.chat_format import (
+    RUN_CONFIG,
+    ChatFormat,
+    recorded_chat_format,
+)
 from pipelines.common.cli import add_dataclass_args, dataclass_from_args, field_help
 from pipelines.common.io import atomic_dir
 from pipelines.common.logs import log_run_header, setup_logging
@@ -256,6 +269,25 @@ def merge_vocab(
     return shared, [i for i, _ in lm_only]
 
 
+def inherited_chat_format(rm_dir: Path) -> ChatFormat | None:
+    """The chat format recorded in the RM's ``run_config.json``, if any.
+
+    Returns:
+        The RM's template and system prompt, their source naming the RM's
+        ``run_config.json``; None when the RM recorded no format.
+    """
+    recorded, where = recorded_chat_format(rm_dir)
+    if recorded is None:
+        logger.info("%s records no chat format: the merge records none", where)
+        return None
+    return ChatFormat(
+        template=recorded["chat_template"],
+        system_prompt=recorded.get("system_prompt") or None,
+        template_source=where,
+        system_prompt_source=where,
+    )
+
+
 def _is_head(stripped: str, heads: tuple[str, ...]) -> bool:
     return stripped.split(".", 1)[0] in heads
 
@@ -293,55 +325,21 @@ def merge_dogerm(rm: str, lm: str, out: Path, *, cfg: MergeConfig) -> dict:
     rm_config, lm_config = _read_config(rm_dir), _read_config(lm_dir)
     check_compatible(rm_config, lm_config, rm, lm)
     rm_ck, lm_ck = _Checkpoint(rm_dir), _Checkpoint(lm_dir)
-    lm_names = {lm_ck.strip(n): n for n in lm_ck.files}
 
     rm_tok = AutoTokenizer.from_pretrained(str(rm_dir))
     lm_tok = AutoTokenizer.from_pretrained(str(lm_dir))
     rm_vocab_len, lm_vocab_len = len(rm_tok), len(lm_tok)
     shared_ids, lm_only_ids = merge_vocab(rm_tok, lm_tok)
 
-    counts = Counter()
-    vocab_size = int(rm_config.get("vocab_size", rm_vocab_len))
+    chat_format = inherited_chat_format(rm_dir)
+    counts: Counter = Counter()
     max_bytes = int(cfg.shard_size_mb * 1024 * 1024)
     with atomic_dir(out) as tmp:
         writer = _ShardWriter(tmp, max_bytes)
-        for name in rm_ck.files:
-            stripped = rm_ck.strip(name)
-            tensor = rm_ck.get(name)
-            lm_name = lm_names.get(stripped)
-            if _is_head(stripped, SCORE_HEADS) or "score" in stripped:
-                writer.add(name, tensor)
-                counts["copied_score"] += 1
-            elif "embed" in stripped:
-                if lm_name is None or tensor.dim() != 2:
-                    writer.add(name, tensor)
-                    counts["copied_rm_only"] += 1
-                    continue
-                merged = _merge_embeddings(
-                    tensor, lm_ck.get(lm_name), shared_ids, lm_only_ids, alpha, beta
-                )
-                vocab_size = max(vocab_size, merged.shape[0])
-                writer.add(name, merged)
-                counts["merged_embeddings"] += 1
-            elif lm_name is None:
-                logger.warning("%s has no LM counterpart: copied from the RM", name)
-                writer.add(name, tensor)
-                counts["copied_rm_only"] += 1
-            else:
-                other = lm_ck.get(lm_name)
-                if other.shape != tensor.shape:
-                    raise ValueError(
-                        f"{name}: RM shape {list(tensor.shape)} differs from LM"
-                        f" {lm_name} shape {list(other.shape)}"
-                    )
-                # In place on the freshly read copy: no extra full-size temporaries.
-                merged = tensor.float().mul_(alpha).add_(other.float(), alpha=beta)
-                del other
-                writer.add(name, merged.to(tensor.dtype))
-                counts["merged"] += 1
-            del tensor
-        rm_stripped = {rm_ck.strip(n) for n in rm_ck.files}
-        counts["dropped_lm_only"] = sum(1 for s in lm_names if s not in rm_stripped)
+        vocab_size = _merge_tensors(
+            rm_ck, lm_ck, writer, counts, (shared_ids, lm_only_ids), alpha, beta
+        )
+        vocab_size = max(vocab_size, int(rm_config.get("vocab_size", rm_vocab_len)))
         n_shards = writer.finish()
 
         config = dict(rm_config)
@@ -365,12 +363,82 @@ def merge_dogerm(rm: str, lm: str, out: Path, *, cfg: MergeConfig) -> dict:
             "out_vocab": len(rm_tok),
             "lm_only_tokens": len(lm_only_ids),
             "vocab_size": vocab_size,
+            "chat_format": (
+                chat_format.record(with_template=False) if chat_format else None
+            ),
         }
-        (tmp / "merge_config.json").write_text(
-            json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-        )
+        run_config = {
+            "stage": "merge_dogerm",
+            "merge": summary,
+            "chat_format": chat_format.record() if chat_format else None,
+        }
+        for name, obj in (("merge_config.json", summary), (RUN_CONFIG, run_config)):
+            (tmp / name).write_text(
+                json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+            )
     logger.info("merged %s + %s -> %s: %s", rm, lm, out, summary["tensors"])
     return summary
+
+
+def _merge_tensors(
+    rm_ck: _Checkpoint,
+    lm_ck: _Checkpoint,
+    writer: _ShardWriter,
+    counts: Counter,
+    vocab: tuple[list[int], list[int]],
+    alpha: float,
+    beta: float,
+) -> int:
+    """Stream every RM tensor, merged with its LM counterpart, into ``writer``.
+
+    Score heads and RM-only tensors are copied, input embeddings merged row by
+    row over ``vocab`` (shared ids, LM-only ids), every other shared tensor
+    becomes ``alpha * RM + beta * LM``; ``counts`` tallies each kind.
+
+    Returns:
+        The number of rows of the merged embedding (0 when none was merged).
+
+    Raises:
+        ValueError: a shared tensor has another shape in the LM.
+    """
+    lm_names = {lm_ck.strip(n): n for n in lm_ck.files}
+    vocab_size = 0
+    for name in rm_ck.files:
+        stripped = rm_ck.strip(name)
+        tensor = rm_ck.get(name)
+        lm_name = lm_names.get(stripped)
+        if _is_head(stripped, SCORE_HEADS) or "score" in stripped:
+            writer.add(name, tensor)
+            counts["copied_score"] += 1
+        elif "embed" in stripped:
+            if lm_name is None or tensor.dim() != 2:
+                writer.add(name, tensor)
+                counts["copied_rm_only"] += 1
+                continue
+            merged = _merge_embeddings(tensor, lm_ck.get(lm_name), *vocab, alpha, beta)
+            vocab_size = max(vocab_size, merged.shape[0])
+            writer.add(name, merged)
+            counts["merged_embeddings"] += 1
+        elif lm_name is None:
+            logger.warning("%s has no LM counterpart: copied from the RM", name)
+            writer.add(name, tensor)
+            counts["copied_rm_only"] += 1
+        else:
+            other = lm_ck.get(lm_name)
+            if other.shape != tensor.shape:
+                raise ValueError(
+                    f"{name}: RM shape {list(tensor.shape)} differs from LM"
+                    f" {lm_name} shape {list(other.shape)}"
+                )
+            # In place on the freshly read copy: no extra full-size temporaries.
+            merged = tensor.float().mul_(alpha).add_(other.float(), alpha=beta)
+            del other
+            writer.add(name, merged.to(tensor.dtype))
+            counts["merged"] += 1
+        del tensor
+    rm_stripped = {rm_ck.strip(n) for n in rm_ck.files}
+    counts["dropped_lm_only"] = sum(1 for s in lm_names if s not in rm_stripped)
+    return vocab_size
 
 
 def _merge_embeddings(

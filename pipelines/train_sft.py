@@ -17,9 +17,13 @@ tokenizer unless ``--tokenizer`` names another.
 Records are ``{"messages": [..., {"role": "assistant", ...}]}``. The loss is the
 causal-LM cross-entropy on the last assistant message only: its content and
 the template's closing tokens (``<|endoftext|>``); the prompt, the role
-markers and padding get label -100. The output folder holds the model and
-tokenizer (``save_pretrained``, safetensors), ``run_config.json`` and
-``metrics.json`` (loss curve).
+markers and padding get label -100. The chat template and system prompt are
+``--chat-template`` / ``--system-prompt`` when given, else the base's (its
+``run_config.json``), else the tokenizer's template and none; a system prompt
+is a prompt turn, never trained. The output folder holds the model and
+tokenizer (``save_pretrained``, safetensors; the tokenizer carries the
+template used), ``run_config.json`` (with the chat format, which RM training
+and generation inherit) and ``metrics.json`` (loss curve).
 """
 
 from __future__ import annotations
@@ -34,6 +38,11 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
+from pipelines.common.chat_format import (
+    ChatFormat,
+    setup_chat_format,
+    with_system_prompt,
+)
 from pipelines.common.cli import add_dataclass_args, dataclass_from_args, field_help
 from pipelines.common.io import read_jsonl
 from pipelines.common.logs import library_versions, log_run_header, setup_logging
@@ -47,6 +56,8 @@ from pipelines.common.modeling import (
     load_tokenizer,
     pad_batch,
     prompt_text,
+    special_frame,
+    truncate_ids,
 )
 from pipelines.common.seeding import seed_everything
 from pipelines.common.training import (
@@ -115,6 +126,16 @@ class TrainSFTConfig:
         "side cut from over-long examples: right keeps the prompt start",
         default="right",
     )
+    chat_template: str | None = field_help(
+        "chat template (Jinja text or a file); None: the one in the base's"
+        " run_config.json, else the tokenizer's",
+        default=None,
+    )
+    system_prompt: str | None = field_help(
+        "system turn prepended to conversations without one ('' = none); None:"
+        " the one in the base's run_config.json, else none",
+        default=None,
+    )
     hidden_size: int = field_help(
         "tiny model (no --base): hidden size", default=_ARCH.hidden_size
     )
@@ -166,7 +187,10 @@ class SFTExample:
 
 
 def build_sft_examples(
-    tok: PreTrainedTokenizerBase, conversations: Sequence[Sequence[dict]]
+    tok: PreTrainedTokenizerBase,
+    conversations: Sequence[Sequence[dict]],
+    *,
+    system_prompt: str | None = None,
 ) -> list[SFTExample]:
     """Tokenise conversations and mask everything but the last assistant reply.
 
@@ -179,6 +203,8 @@ def build_sft_examples(
     Args:
         tok: the tokenizer (with a chat template).
         conversations: message lists whose last message is the assistant's.
+        system_prompt: prepended as a system turn (part of the prompt, so not
+            trained) to conversations without one.
 
     Returns:
         One example per conversation, untruncated.
@@ -191,6 +217,7 @@ def build_sft_examples(
     for i, messages in enumerate(conversations):
         if not messages or messages[-1].get("role") != "assistant":
             raise ValueError(f"conversation {i} does not end with an assistant turn")
+        messages = with_system_prompt(messages, system_prompt)
         fulls.append(chat_text(tok, messages))
         prompts.append(prompt_text(tok, messages[:-1]))
     full_ids = tok(fulls, add_special_tokens=True)["input_ids"]
@@ -248,12 +275,28 @@ def _labels_from_offsets(
     ]
 
 
-def _truncate(ex: SFTExample, max_length: int, side: str) -> SFTExample:
-    if len(ex.ids) <= max_length:
-        return ex
-    if side == "left":
-        return SFTExample(ids=ex.ids[-max_length:], labels=ex.labels[-max_length:])
-    return SFTExample(ids=ex.ids[:max_length], labels=ex.labels[:max_length])
+def truncate_examples(
+    tok: PreTrainedTokenizerBase,
+    examples: Sequence[SFTExample],
+    *,
+    max_length: int,
+    side: str,
+) -> list[SFTExample]:
+    """Cut over-long examples' ids and labels alike, keeping special tokens.
+
+    The tokenizer's added BOS (and EOS) stay, as in Hugging Face truncation
+    (:func:`pipelines.common.modeling.truncate_ids`).
+    """
+    frame = special_frame(tok)
+    out = []
+    for ex in examples:
+        if len(ex.ids) > max_length:
+            kw = {"max_length": max_length, "side": side, "frame": frame}
+            ex = SFTExample(
+                ids=truncate_ids(ex.ids, **kw), labels=truncate_ids(ex.labels, **kw)
+            )
+        out.append(ex)
+    return out
 
 
 def lm_loss_sum(
@@ -325,42 +368,8 @@ def train_sft(
     check_checkpoint_dir(out, checkpoint_dir)
     accelerator = make_accelerator(cfg.device, cfg.dtype)
     seed_everything(seed)
-    tok_source = tokenizer if tokenizer is not None else base
-    tok = load_tokenizer(tok_source, trust_remote_code=cfg.trust_remote_code)
-    if base is None:
-        model = init_tiny_causal_lm(tok, seed=seed, arch=cfg.arch())
-    else:
-        model = load_causal_lm(base, trust_remote_code=cfg.trust_remote_code)
-    ensure_pad_embeddings(model, tok)
-    logger.info(
-        "model %s: %d parameters",
-        base or f"tiny GPT-NeoX (seed {seed})",
-        count_parameters(model),
-    )
-
-    records = [rec for path in data for rec in read_jsonl(path)]
-    if not records:
-        raise ValueError(f"no SFT records in {[str(p) for p in data]}")
-    examples = build_sft_examples(tok, [rec["messages"] for rec in records])
-    n_truncated = sum(len(ex.ids) > cfg.max_length for ex in examples)
-    examples = [_truncate(ex, cfg.max_length, cfg.truncation_side) for ex in examples]
-    n_empty = sum(all(t == IGNORE for t in ex.labels[1:]) for ex in examples)
-    n_targets = sum(sum(t != IGNORE for t in ex.labels[1:]) for ex in examples)
-    logger.info(
-        "%d examples, %d target tokens, mean length %.1f",
-        len(examples),
-        n_targets,
-        sum(len(ex.ids) for ex in examples) / len(examples),
-    )
-    if n_truncated:
-        logger.warning(
-            "%d examples exceed max_length %d: truncated on the %s and kept",
-            n_truncated,
-            cfg.max_length,
-            cfg.truncation_side,
-        )
-    if n_empty:
-        logger.warning("%d examples have no reply token left after truncation", n_empty)
+    tok, model, fmt = _load_start(base, tokenizer, seed=seed, cfg=cfg)
+    examples, counts = _prepare_examples(data, tok, cfg, fmt.system_prompt)
     pad_id = tok.pad_token_id
     device = accelerator.device
 
@@ -376,6 +385,7 @@ def train_sft(
     fingerprint = run_fingerprint(
         stage="train_sft",
         config=science,
+        chat_format=fmt.record(with_template=False),
         seed=seed,
         base=base,
         tokenizer=tokenizer,
@@ -397,9 +407,7 @@ def train_sft(
     )
     metrics = {
         "n_examples": len(examples),
-        "n_truncated": n_truncated,
-        "n_without_targets": n_empty,
-        "n_target_tokens": n_targets,
+        **counts,
         "first_loss": result.history[0]["loss"] if result.history else float("nan"),
         **loop_metrics(result, "examples"),
     }
@@ -408,8 +416,9 @@ def train_sft(
         "config": config_dict(cfg),
         "seed": seed,
         "base": base,
-        "tokenizer": tok_source,
+        "tokenizer": tokenizer if tokenizer is not None else base,
         "data": [{"path": str(p), "sha256": digests[str(p)]} for p in data],
+        "chat_format": fmt.record(),
         "num_processes": accelerator.num_processes,
         "device": str(device),
         "fingerprint": fingerprint,
@@ -429,6 +438,83 @@ def train_sft(
         "examples_per_second",
     )
     return {k: float(metrics[k]) for k in keys}  # type: ignore[arg-type]
+
+
+def _load_start(
+    base: str | None, tokenizer: str | None, *, seed: int, cfg: TrainSFTConfig
+) -> tuple[PreTrainedTokenizerBase, torch.nn.Module, ChatFormat]:
+    """Tokenizer (chat format resolved) and the model training starts from.
+
+    The chat format is inherited from ``base``'s ``run_config.json`` (a domain
+    LM continuing the general SFT model keeps its format); a tiny run (no
+    ``base``) takes its tokenizer's template.
+    """
+    tok_source = tokenizer if tokenizer is not None else base
+    tok = load_tokenizer(tok_source, trust_remote_code=cfg.trust_remote_code)
+    fmt = setup_chat_format(
+        tok,
+        base if base is not None else tok_source,
+        chat_template=cfg.chat_template,
+        system_prompt=cfg.system_prompt,
+    )
+    if base is None:
+        model = init_tiny_causal_lm(tok, seed=seed, arch=cfg.arch())
+    else:
+        model = load_causal_lm(base, trust_remote_code=cfg.trust_remote_code)
+    ensure_pad_embeddings(model, tok)
+    logger.info(
+        "model %s: %d parameters",
+        base or f"tiny GPT-NeoX (seed {seed})",
+        count_parameters(model),
+    )
+    return tok, model, fmt
+
+
+def _prepare_examples(
+    data: Sequence[Path],
+    tok: PreTrainedTokenizerBase,
+    cfg: TrainSFTConfig,
+    system_prompt: str | None,
+) -> tuple[list[SFTExample], dict[str, int]]:
+    """Read, tokenise, mask and truncate the SFT records; log and count them.
+
+    Returns:
+        The examples and ``n_truncated``, ``n_without_targets``,
+        ``n_target_tokens``.
+    """
+    records = [rec for path in data for rec in read_jsonl(path)]
+    if not records:
+        raise ValueError(f"no SFT records in {[str(p) for p in data]}")
+    examples = build_sft_examples(
+        tok, [rec["messages"] for rec in records], system_prompt=system_prompt
+    )
+    n_truncated = sum(len(ex.ids) > cfg.max_length for ex in examples)
+    examples = truncate_examples(
+        tok, examples, max_length=cfg.max_length, side=cfg.truncation_side
+    )
+    n_empty = sum(all(t == IGNORE for t in ex.labels[1:]) for ex in examples)
+    n_targets = sum(sum(t != IGNORE for t in ex.labels[1:]) for ex in examples)
+    logger.info(
+        "%d examples, %d target tokens, mean length %.1f",
+        len(examples),
+        n_targets,
+        sum(len(ex.ids) for ex in examples) / len(examples),
+    )
+    if n_truncated:
+        logger.warning(
+            "%d examples exceed max_length %d: truncated on the %s and kept",
+            n_truncated,
+            cfg.max_length,
+            cfg.truncation_side,
+        )
+    if n_empty:
+        logger.warning("%d examples have no reply token left after truncation", n_empty)
+    counts = {
+        "n_truncated": n_truncated,
+        "n_without_targets": n_empty,
+        "n_target_tokens": n_targets,
+    }
+    return examples, counts
 
 
 def make_parser() -> argparse.ArgumentParser:

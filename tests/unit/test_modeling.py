@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from pipelines.build_prefs import BuildPrefsConfig, build_prefs
@@ -26,6 +26,8 @@ from pipelines.common.modeling import (
     truncate_ids,
 )
 from pipelines.common.records import read_pairs
+
+from .bos_tokenizers import KINDS, save_bos_tokenizer
 
 ARCH = TinyArch(num_hidden_layers=2)
 
@@ -242,49 +244,11 @@ def test_tiny_tokenizer_ids_are_unchanged_by_special_token_truncation(tok, convs
 
 
 # ------------------------------------------------ a BOS-adding tokenizer (Llama)
-LLAMA_LIKE = (  # writes BOS itself, as Llama-2/3 templates do
-    "{{ bos_token }}{% for m in messages %}"
-    "{{ '<|' + m['role'] + '|>' + m['content'] + '</s>' }}{% endfor %}"
-)
-
-
-@pytest.fixture(scope="module", params=["add_bos_token", "template_bos", "bos_eos"])
+@pytest.fixture(scope="module", params=KINDS)
 def bos_tok(request, pairs, tmp_path_factory):
-    """A byte-level BPE that adds BOS (and, for bos_eos, EOS) to every sequence.
-
-    ``add_bos_token`` is how transformers builds Llama's post-processor;
-    ``template_bos`` is the TemplateProcessing of Llama-3's and Gemma's
-    tokenizer.json; ``bos_eos`` also appends EOS. Saved and reloaded through
-    load_tokenizer, as a hub model would be.
-    """
-    raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<s>", "</s>", *ROLE_TOKENS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    raw.train_from_iterator(corpus(pairs), trainer)
-    kwargs = {}
-    if request.param == "add_bos_token":
-        kwargs["add_bos_token"] = True
-    else:
-        single = "<s> $A </s>" if request.param == "bos_eos" else "<s> $A"
-        raw.post_processor = processors.TemplateProcessing(
-            single=single, special_tokens=[("<s>", 0), ("</s>", 1)]
-        )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=raw,
-        bos_token="<s>",
-        eos_token="</s>",
-        additional_special_tokens=list(ROLE_TOKENS),
-        **kwargs,
-    )
-    fast.chat_template = LLAMA_LIKE
+    """A BPE that adds BOS (bos_eos: and EOS), reloaded as a hub model would be."""
     path = tmp_path_factory.mktemp(f"bos_{request.param}")
-    fast.save_pretrained(path)
+    save_bos_tokenizer(corpus(pairs), path, kind=request.param)
     loaded = load_tokenizer(path)  # adds <|pad|>, keeps the post-processor
     assert loaded("hello")["input_ids"][0] == loaded.bos_token_id
     return request.param, loaded
