@@ -30,8 +30,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from pipelines.common.chat_format import (
@@ -42,11 +40,10 @@ from pipelines.common.chat_format import (
 from pipelines.common.cli import add_dataclass_args, dataclass_from_args, field_help
 from pipelines.common.io import atomic_dir
 from pipelines.common.logs import log_run_header, setup_logging
+from pipelines.common.safetensors_shards import Checkpoint, ShardWriter
 
 logger = logging.getLogger(__name__)
 
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
 # First name components that mark a model's head rather than its body.
 SCORE_HEADS = ("score", "classifier")
 LM_HEADS = ("lm_head", "embed_out")
@@ -63,96 +60,6 @@ class MergeConfig:
     shard_size_mb: float = field_help(
         "maximum size of one output safetensors shard in MB", default=2000.0
     )
-
-
-class _Checkpoint:
-    """Lazy tensor access to a safetensors checkpoint folder (single or sharded)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        if (folder / INDEX_FILE).exists():
-            index = json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))
-            files = dict(index["weight_map"])
-        elif (folder / SINGLE_FILE).exists():
-            with safe_open(folder / SINGLE_FILE, framework="pt") as fh:
-                files = {name: SINGLE_FILE for name in fh.keys()}
-        else:
-            raise FileNotFoundError(
-                f"{folder} has neither {SINGLE_FILE} nor {INDEX_FILE}"
-                " (only safetensors checkpoints can be merged)"
-            )
-        self.files = files
-        self._handles: dict[str, object] = {}
-        firsts = Counter(name.split(".", 1)[0] for name in files if "." in name)
-        self.prefix = firsts.most_common(1)[0][0] + "." if firsts else ""
-
-    def _handle(self, name: str) -> object:
-        fname = self.files[name]
-        if fname not in self._handles:
-            self._handles[fname] = safe_open(self.folder / fname, framework="pt")
-        return self._handles[fname]
-
-    def get(self, name: str) -> torch.Tensor:
-        """Read one tensor."""
-        return self._handle(name).get_tensor(name)
-
-    def shape(self, name: str) -> list[int]:
-        """Shape of one tensor without reading its data."""
-        return list(self._handle(name).get_slice(name).get_shape())
-
-    def strip(self, name: str) -> str:
-        """``name`` without the model's base prefix (``gpt_neox.``, ``model.``)."""
-        return name[len(self.prefix) :] if name.startswith(self.prefix) else name
-
-
-class _ShardWriter:
-    """Accumulate tensors and flush them to safetensors shards of bounded size."""
-
-    def __init__(self, folder: Path, max_bytes: int) -> None:
-        self.folder = folder
-        self.max_bytes = max(1, max_bytes)
-        self.pending: dict[str, torch.Tensor] = {}
-        self.pending_bytes = 0
-        self.shards: list[tuple[str, list[str]]] = []
-        self.total_bytes = 0
-
-    def add(self, name: str, tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
-        if self.pending and self.pending_bytes + size > self.max_bytes:
-            self.flush()
-        self.pending[name] = tensor.contiguous()
-        self.pending_bytes += size
-        self.total_bytes += size
-
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        fname = f"shard-{len(self.shards):05d}.safetensors"
-        save_file(self.pending, str(self.folder / fname), metadata={"format": "pt"})
-        self.shards.append((fname, list(self.pending)))
-        self.pending, self.pending_bytes = {}, 0
-
-    def finish(self) -> int:
-        """Flush, give the shards their final names and write the index if needed.
-
-        Returns:
-            The number of shards.
-        """
-        self.flush()
-        n = len(self.shards)
-        if n == 1:
-            (self.folder / self.shards[0][0]).rename(self.folder / SINGLE_FILE)
-            return 1
-        weight_map = {}
-        for i, (fname, names) in enumerate(self.shards):
-            final = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-            (self.folder / fname).rename(self.folder / final)
-            weight_map.update({name: final for name in names})
-        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
-        (self.folder / INDEX_FILE).write_text(
-            json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-        )
-        return n
 
 
 def model_folder(name: str) -> Path:
@@ -324,7 +231,7 @@ def merge_dogerm(rm: str, lm: str, out: Path, *, cfg: MergeConfig) -> dict:
     rm_dir, lm_dir = model_folder(rm), model_folder(lm)
     rm_config, lm_config = _read_config(rm_dir), _read_config(lm_dir)
     check_compatible(rm_config, lm_config, rm, lm)
-    rm_ck, lm_ck = _Checkpoint(rm_dir), _Checkpoint(lm_dir)
+    rm_ck, lm_ck = Checkpoint(rm_dir), Checkpoint(lm_dir)
 
     rm_tok = AutoTokenizer.from_pretrained(str(rm_dir))
     lm_tok = AutoTokenizer.from_pretrained(str(lm_dir))
@@ -335,7 +242,7 @@ def merge_dogerm(rm: str, lm: str, out: Path, *, cfg: MergeConfig) -> dict:
     counts: Counter = Counter()
     max_bytes = int(cfg.shard_size_mb * 1024 * 1024)
     with atomic_dir(out) as tmp:
-        writer = _ShardWriter(tmp, max_bytes)
+        writer = ShardWriter(tmp, max_bytes)
         vocab_size = _merge_tensors(
             rm_ck, lm_ck, writer, counts, (shared_ids, lm_only_ids), alpha, beta
         )
@@ -381,9 +288,9 @@ def merge_dogerm(rm: str, lm: str, out: Path, *, cfg: MergeConfig) -> dict:
 
 
 def _merge_tensors(
-    rm_ck: _Checkpoint,
-    lm_ck: _Checkpoint,
-    writer: _ShardWriter,
+    rm_ck: Checkpoint,
+    lm_ck: Checkpoint,
+    writer: ShardWriter,
     counts: Counter,
     vocab: tuple[list[int], list[int]],
     alpha: float,

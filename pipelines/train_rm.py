@@ -63,13 +63,12 @@ from pipelines.common.cli import add_dataclass_args, dataclass_from_args, field_
 from pipelines.common.logs import library_versions, log_run_header, setup_logging
 from pipelines.common.modeling import (
     count_parameters,
-    encode_conversations,
     ensure_pad_embeddings,
     load_reward_model,
     load_tokenizer,
     pad_batch,
 )
-from pipelines.common.records import read_pairs
+from pipelines.common.rm_data import OVER_LENGTH, PairData, load_pair_data
 from pipelines.common.seeding import seed_everything
 from pipelines.common.training import (
     Batch,
@@ -92,7 +91,6 @@ logger = logging.getLogger(__name__)
 # Fields that change how a run is executed or reported, not what it computes:
 # a checkpoint written under other values of these can still be resumed.
 OPERATIONAL_FIELDS = ("log_every", "checkpoint_every", "device", "keep_adapter")
-OVER_LENGTH = ("truncate", "drop")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -200,19 +198,6 @@ class TrainRMConfig:
 
 
 @dataclass
-class PairData:
-    """Token ids of the chosen and rejected sequences of every pair."""
-
-    chosen: list[list[int]]
-    rejected: list[list[int]]
-    n_truncated: int  # pairs with at least one side cut (and kept)
-    n_truncated_chosen: int
-    n_truncated_rejected: int
-    per_file: dict[str, int]
-    n_dropped: int = 0  # over-length pairs removed (over_length="drop")
-
-
-@dataclass
 class FitResult:
     """A trained RM in memory (before merging and saving) and its run record."""
 
@@ -221,111 +206,6 @@ class FitResult:
     metrics: dict[str, object]
     run_config: dict[str, object]
     accelerator: Accelerator
-
-
-def load_pair_data(
-    pairs: Sequence[Path],
-    tok: PreTrainedTokenizerBase,
-    *,
-    max_length: int,
-    truncation_side: str,
-    over_length: str = "truncate",
-    system_prompt: str | None = None,
-) -> PairData:
-    """Read pair files and tokenise both sides; cut or drop over-length pairs.
-
-    With ``over_length="truncate"`` an over-length side is cut on the declared
-    side (the tokenizer's special tokens kept) and the pair is kept; with
-    ``"drop"`` a pair with either side over ``max_length`` is removed. Either
-    way the pairs concerned are counted and logged.
-
-    Args:
-        pairs: standard-format JSONL files, concatenated in order.
-        tok: the tokenizer, with the chat template to use.
-        max_length: maximum tokens per sequence.
-        truncation_side: ``left`` or ``right``.
-        over_length: ``truncate`` or ``drop``.
-        system_prompt: prepended as a system turn to conversations without one.
-
-    Returns:
-        The ids and the truncation / drop counts.
-
-    Raises:
-        ValueError: no pairs, an unknown ``over_length``, or every pair dropped.
-    """
-    if over_length not in OVER_LENGTH:
-        raise ValueError(f"over_length must be one of {OVER_LENGTH}: {over_length!r}")
-    records: list[dict] = []
-    per_file: dict[str, int] = {}
-    for path in pairs:
-        recs = read_pairs(path)
-        per_file[str(path)] = len(recs)
-        records.extend(recs)
-    if not records:
-        raise ValueError(f"no pairs in {[str(p) for p in pairs]}")
-    encoded = [
-        encode_conversations(
-            tok,
-            [r[side] for r in records],
-            max_length=max_length,
-            truncation_side=truncation_side,
-            system_prompt=system_prompt,
-        )
-        for side in ("chosen", "rejected")
-    ]
-    chosen, rejected = encoded
-    over = [c or r for c, r in zip(chosen.cut, rejected.cut, strict=True)]
-    keep = [not o for o in over] if over_length == "drop" else [True] * len(over)
-    n_dropped = len(over) - sum(keep)
-    if n_dropped == len(records):
-        raise ValueError(
-            f"over_length=drop removed all {len(records)} pairs of"
-            f" {[str(p) for p in pairs]}: every pair has a side over max_length"
-            f" {max_length} tokens"
-        )
-    cut = over_length == "truncate"  # else no kept pair was cut
-    data = PairData(
-        chosen=[ids for ids, k in zip(chosen.ids, keep, strict=True) if k],
-        rejected=[ids for ids, k in zip(rejected.ids, keep, strict=True) if k],
-        n_truncated=sum(over) if cut else 0,
-        n_truncated_chosen=chosen.truncated if cut else 0,
-        n_truncated_rejected=rejected.truncated if cut else 0,
-        per_file=per_file,
-        n_dropped=n_dropped,
-    )
-    for path, n in per_file.items():
-        logger.info("pairs: %d from %s", n, path)
-    lengths = [len(s) for s in data.chosen + data.rejected]
-    logger.info(
-        "tokenised %d pairs: mean length %.1f, max %d (max_length %d)",
-        len(records),
-        sum(lengths) / len(lengths),
-        max(lengths),
-        max_length,
-    )
-    if data.n_truncated:
-        logger.warning(
-            "%d of %d pairs exceed max_length %d and were truncated on the %s"
-            " (chosen %d, rejected %d); they are kept",
-            data.n_truncated,
-            len(records),
-            max_length,
-            truncation_side,
-            data.n_truncated_chosen,
-            data.n_truncated_rejected,
-        )
-    if n_dropped:
-        logger.warning(
-            "%d of %d pairs have a side over max_length %d (chosen %d, rejected"
-            " %d) and were dropped (over_length=drop); %d pairs remain",
-            n_dropped,
-            len(records),
-            max_length,
-            chosen.truncated,
-            rejected.truncated,
-            len(data.chosen),
-        )
-    return data
 
 
 def bt_loss_sum(
@@ -413,12 +293,12 @@ def fit_reward_model(
     Raises:
         Interrupted: SIGTERM arrived; the checkpoint (if any) is saved.
     """
-    if cfg.truncation_side not in ("left", "right"):
-        raise ValueError(
-            f"truncation_side must be left or right: {cfg.truncation_side}"
-        )
-    if cfg.over_length not in OVER_LENGTH:
-        raise ValueError(f"over_length must be one of {OVER_LENGTH}: {cfg.over_length}")
+    for name, allowed in (
+        ("truncation_side", ("left", "right")),
+        ("over_length", OVER_LENGTH),
+    ):
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}: {getattr(cfg, name)}")
     accelerator = make_accelerator(cfg.device, cfg.dtype)
     # Seed before loading: the new score head (and any resized embedding rows)
     # are drawn from torch's RNG.
@@ -469,16 +349,41 @@ def fit_reward_model(
         checkpoint_dir=checkpoint_dir,
         fingerprint=fingerprint,
         unit_name="pairs",
-        lengths=(
-            [
-                max(len(c), len(r))
-                for c, r in zip(data.chosen, data.rejected, strict=True)
-            ]
-            if cfg.group_by_length
-            else None
-        ),
+        lengths=_pair_lengths(data) if cfg.group_by_length else None,
     )
-    run_config = {
+    return FitResult(
+        model=trained,
+        tokenizer=tok,
+        metrics=_metrics(result, data, n_pairs, cfg),
+        run_config=_run_config(
+            pairs,
+            base,
+            seed=seed,
+            cfg=cfg,
+            data=data,
+            fmt=fmt,
+            digests=digests,
+            accelerator=accelerator,
+            fingerprint=fingerprint,
+        ),
+        accelerator=accelerator,
+    )
+
+
+def _run_config(
+    pairs: Sequence[Path],
+    base: str,
+    *,
+    seed: int,
+    cfg: TrainRMConfig,
+    data: PairData,
+    fmt: ChatFormat,
+    digests: dict[str, str],
+    accelerator: Accelerator,
+    fingerprint: str,
+) -> dict[str, object]:
+    """The run record saved as ``run_config.json`` beside the weights."""
+    return {
         "stage": "train_rm",
         "config": config_dict(cfg),
         "seed": seed,
@@ -491,21 +396,21 @@ def fit_reward_model(
             }
             for p in pairs
         ],
-        "n_pairs_trained": n_pairs,
+        "n_pairs_trained": len(data.chosen),
         "n_dropped_over_length": data.n_dropped,
-        "chat_format": fmt.record(),
+        "chat_format": fmt.record(),  # scorers of this RM inherit it
         "num_processes": accelerator.num_processes,
-        "device": str(device),
+        "device": str(accelerator.device),
         "fingerprint": fingerprint,
         "versions": library_versions(),
     }
-    return FitResult(
-        model=trained,
-        tokenizer=tok,
-        metrics=_metrics(result, data, n_pairs, cfg),
-        run_config=run_config,
-        accelerator=accelerator,
-    )
+
+
+def _pair_lengths(data: PairData) -> list[int]:
+    """Length of each pair's longer side (what length-grouped batches sort by)."""
+    return [
+        max(len(c), len(r)) for c, r in zip(data.chosen, data.rejected, strict=True)
+    ]
 
 
 def _load_base(

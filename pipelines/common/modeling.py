@@ -301,7 +301,7 @@ def special_frame(tok: PreTrainedTokenizerBase) -> SpecialFrame:
     """
     n = tok.num_special_tokens_to_add(pair=False)
     if n == 0:
-        return SpecialFrame()
+        return NO_FRAME
     bare = list(tok(_PROBE, add_special_tokens=False)["input_ids"])
     full = list(tok(_PROBE, add_special_tokens=True)["input_ids"])
     if len(full) == len(bare) + n:
