@@ -14,13 +14,16 @@ Auto-J score it); an exact tie scores 0, or 0.5 with ``--ties half`` (the
 RLHFlow Bradley-Terry eval, ALGORITHMS.md sections 0 and 2). Scores follow the
 tokenisation contract of :mod:`pipelines.common.modeling`: chat template, a pad
 token distinct from EOS, right padding, the score at the last non-pad token,
-declared truncation side, truncations counted, length-sorted batches.
+declared truncation side, truncations counted, length-sorted batches. The
+chat template and system prompt are ``--chat-template`` / ``--system-prompt``
+when given, else the ones the model was trained with (its ``run_config.json``;
+a DogeRM merge carries its RM's), else the tokenizer's template and none
+(:mod:`pipelines.common.chat_format`); ``settings.chat_format`` records them.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -37,11 +40,11 @@ from pipelines.common.benchmarks import (
     autoj_category,
     load_benchmark,
 )
+from pipelines.common.chat_format import setup_chat_format
 from pipelines.common.cli import add_dataclass_args, dataclass_from_args, field_help
 from pipelines.common.io import write_json
 from pipelines.common.logs import library_versions, log_run_header, setup_logging
 from pipelines.common.modeling import (
-    CHAT_TEMPLATE,
     DTYPES,
     encode_conversations,
     ensure_pad_embeddings,
@@ -84,6 +87,16 @@ class EvalConfig:
     )
     tokenizer: str | None = field_help(
         "tokenizer folder or hub id; None: the model's", default=None
+    )
+    chat_template: str | None = field_help(
+        "chat template (Jinja text or a file); None: the one in the model's"
+        " run_config.json, else the tokenizer's",
+        default=None,
+    )
+    system_prompt: str | None = field_help(
+        "system turn prepended to conversations without one ('' = none); None:"
+        " the one in the model's run_config.json, else none",
+        default=None,
     )
     trust_remote_code: bool = field_help("allow model code from the hub", default=False)
     seed: int = field_help(
@@ -279,6 +292,9 @@ def eval_rm(
     tok_name = cfg.tokenizer or model
     torch.manual_seed(cfg.seed)
     tok = load_tokenizer(tok_name, trust_remote_code=cfg.trust_remote_code)
+    fmt = setup_chat_format(
+        tok, model, chat_template=cfg.chat_template, system_prompt=cfg.system_prompt
+    )
     rm = load_reward_model(
         model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
     )
@@ -293,12 +309,14 @@ def eval_rm(
         [r["chosen"] for r in records],
         max_length=cfg.max_length,
         truncation_side=cfg.truncation_side,
+        system_prompt=fmt.system_prompt,
     )
     enc_r = encode_conversations(
         tok,
         [r["rejected"] for r in records],
         max_length=cfg.max_length,
         truncation_side=cfg.truncation_side,
+        system_prompt=fmt.system_prompt,
     )
     truncated = enc_c.truncated + enc_r.truncated
     if truncated:
@@ -329,7 +347,7 @@ def eval_rm(
         xstest_weights=cfg.xstest_weights,
     )
     split = spurious_split(records, credit, is_tie)
-    template = tok.chat_template or ""
+    chat_format = fmt.record(with_template=False)
     result = {
         "model_id": model_id,
         "model": str(model),
@@ -356,8 +374,11 @@ def eval_rm(
             "device": str(device),
             "sort_by_length": True,
             "strict_greater": True,
-            "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
-            "chat_template_is_rmflow_default": template == CHAT_TEMPLATE,
+            "chat_template_sha256": chat_format["chat_template_sha256"],
+            "chat_template_is_rmflow_default": chat_format[
+                "chat_template_is_rmflow_default"
+            ],
+            "chat_format": chat_format,
             "pad_token": tok.pad_token,
             "pad_token_id": tok.pad_token_id,
             "eos_token_id": tok.eos_token_id,

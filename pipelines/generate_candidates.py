@@ -12,6 +12,10 @@ settings (ALGORITHMS.md section 5.4; the DogeRM GSM8K BoN of section 4.3 uses
 the same T and top_p). Generation is batched with left padding and stops at
 EOS; only the new tokens are decoded. ``torch.manual_seed(seed)`` precedes
 sampling, so a seed reproduces the candidates on the same machine and settings.
+The chat template and system prompt are ``--chat-template`` /
+``--system-prompt`` when given, else the policy's (its ``run_config.json``,
+see :mod:`pipelines.common.chat_format`); a prompt too long for the context is
+cut on the left with the tokenizer's BOS kept.
 
 Gold scores (the BoN estimator's ``gold_scores``, section 5.2) come from the
 domain's programmatic verifier (1.0 correct, 0.0 not), re-run from the record's
@@ -22,7 +26,12 @@ writes passing code. Output, one JSON line per prompt::
 
     {"prompt_id": "math-test-00000", "domain": "math", "prompt": [messages],
      "candidates": [{"text": "...", "gold": 0.0, "source": "policy"}, ...],
-     "task": {...}}
+     "task": {...}, "chat_format": {...}}
+
+``chat_format`` records the policy's system prompt and template (sha256, rmflow
+default or not, sources); with ``--gold-model`` a ``gold_chat_format`` records
+the gold RM's. ``prompt`` stays the record's own turns (no system turn), so
+each scorer applies its own format.
 """
 
 from __future__ import annotations
@@ -37,8 +46,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from pipelines.common.chat_format import ChatFormat, setup_chat_format
 from pipelines.common.cli import add_dataclass_args, dataclass_from_args, field_help
 from pipelines.common.io import write_jsonl
 from pipelines.common.logs import library_versions, log_run_header, setup_logging
@@ -47,10 +56,10 @@ from pipelines.common.modeling import (
     ensure_pad_embeddings,
     load_causal_lm,
     load_tokenizer,
-    prompt_text,
     resolve_device,
 )
 from pipelines.common.records import read_pairs
+from pipelines.common.sampling import encode_prompts, sample_texts
 from pipelines.domains import domain_module
 from pipelines.score_candidates import (
     ScoreConfig,
@@ -93,6 +102,16 @@ class GenerateConfig:
         "RM folder or hub id whose scores are the gold; None: the verifier",
         default=None,
     )
+    chat_template: str | None = field_help(
+        "policy chat template (Jinja text or a file); None: the one in the"
+        " policy's run_config.json, else the tokenizer's",
+        default=None,
+    )
+    system_prompt: str | None = field_help(
+        "system turn prepended to prompts without one ('' = none); None: the"
+        " one in the policy's run_config.json, else none",
+        default=None,
+    )
     device: str = field_help(
         "'auto' (CUDA if available, else CPU), 'cpu', 'cuda:0'...", default="auto"
     )
@@ -125,118 +144,7 @@ class Sampled:
     new_tokens: int  # sampled tokens, up to and including the first stop token
     seconds: float
     truncated_prompts: int
-
-
-def stop_token_ids(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> list[int]:
-    """EOS ids of the tokenizer and the model's generation config, deduplicated."""
-    ids: list[int] = []
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (tok.eos_token_id, gen_eos):
-        for i in value if isinstance(value, list | tuple) else [value]:
-            if i is not None and i not in ids:
-                ids.append(int(i))
-    if not ids:
-        raise ValueError("neither the tokenizer nor the model defines an EOS token")
-    return ids
-
-
-def encode_prompts(
-    tok: PreTrainedTokenizerBase,
-    prompts: Sequence[Sequence[dict[str, str]]],
-    *,
-    max_length: int | None,
-) -> tuple[list[list[int]], int]:
-    """Token ids of the prompts with the generation prompt, as SFT saw them.
-
-    Args:
-        tok: the policy's tokenizer.
-        prompts: message lists (the reply not included).
-        max_length: longest prompt kept (its end); None for no limit.
-
-    Returns:
-        ``(ids, n_truncated)``.
-    """
-    texts = [prompt_text(tok, messages) for messages in prompts]
-    batch = tok(texts, add_special_tokens=True)["input_ids"]
-    out, cut = [], 0
-    for ids in batch:
-        if max_length is not None and len(ids) > max_length:
-            cut += 1
-            ids = ids[-max_length:]
-        out.append(list(ids))
-    return out, cut
-
-
-def left_pad(
-    seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad id lists into ``(input_ids, attention_mask)`` for generation."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, width - len(s) :] = torch.as_tensor(s, dtype=torch.long)
-            mask[i, width - len(s) :] = 1
-    return ids.to(device), mask.to(device)
-
-
-@torch.no_grad()
-def sample_texts(
-    model: PreTrainedModel,
-    tok: PreTrainedTokenizerBase,
-    prompt_ids: Sequence[Sequence[int]],
-    *,
-    n: int,
-    batch_size: int,
-    generate_kwargs: dict,
-    device: torch.device,
-) -> tuple[list[list[str]], int]:
-    """Draw ``n`` replies per prompt, ``batch_size`` sequences per generate call.
-
-    The prompts are repeated ``n`` times in order and cut into batches, so one
-    call may mix prompts (left padding with an attention mask keeps them
-    apart). Each reply is cut at its first stop token and decoded without
-    special tokens.
-
-    Args:
-        model: the causal LM, on ``device``, in eval mode.
-        tok: its tokenizer (pad id must be set).
-        prompt_ids: token ids per prompt.
-        n: replies per prompt.
-        batch_size: sequences per call.
-        generate_kwargs: sampling settings for ``model.generate``.
-        device: where the inputs go.
-
-    Returns:
-        ``(texts, new_tokens)``: ``texts[p][k]`` is reply ``k`` of prompt ``p``;
-        ``new_tokens`` counts sampled tokens (a stop token included).
-    """
-    stops = stop_token_ids(model, tok)
-    jobs = [p for p in range(len(prompt_ids)) for _ in range(n)]
-    texts: list[list[str]] = [[] for _ in prompt_ids]
-    new_tokens = 0
-    for start in range(0, len(jobs), batch_size):
-        rows = jobs[start : start + batch_size]
-        ids, mask = left_pad([prompt_ids[p] for p in rows], tok.pad_token_id, device)
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=stops,
-            **generate_kwargs,
-        )
-        replies = out[:, ids.shape[1] :].cpu()
-        is_stop = torch.isin(replies, torch.as_tensor(stops))
-        kept = []
-        for row, stopped in zip(replies.tolist(), is_stop.tolist(), strict=True):
-            length = stopped.index(True) + 1 if True in stopped else len(row)
-            new_tokens += length
-            kept.append(row[:length])
-        decoded = tok.batch_decode(kept, skip_special_tokens=True)
-        for p, text in zip(rows, decoded, strict=True):
-            texts[p].append(text)
-    return texts, new_tokens
+    chat_format: ChatFormat
 
 
 def _sample_policy(
@@ -245,6 +153,9 @@ def _sample_policy(
     """Load the policy, sample ``cfg.big_n`` replies per prompt and free it."""
     device = resolve_device(cfg.device)
     tok = load_tokenizer(policy, trust_remote_code=cfg.trust_remote_code)
+    fmt = setup_chat_format(
+        tok, policy, chat_template=cfg.chat_template, system_prompt=cfg.system_prompt
+    )
     model = load_causal_lm(
         policy, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
     )
@@ -260,7 +171,9 @@ def _sample_policy(
             f"max_new_tokens {cfg.max_new_tokens} leaves no room for a prompt in"
             f" the policy's {positions} positions"
         )
-    prompt_ids, truncated = encode_prompts(tok, prompts, max_length=room)
+    prompt_ids, truncated = encode_prompts(
+        tok, prompts, max_length=room, system_prompt=fmt.system_prompt
+    )
     if truncated:
         logger.warning(
             "%d of %d prompts longer than %d tokens were cut on the left",
@@ -307,6 +220,7 @@ def _sample_policy(
         new_tokens=new_tokens,
         seconds=seconds,
         truncated_prompts=truncated,
+        chat_format=fmt,
     )
 
 
@@ -328,6 +242,38 @@ def _extras(record: dict, cfg: GenerateConfig, domain: str) -> list[tuple[str, s
     if cfg.include_mutants:
         out.append(("mutant", record["rejected"][-1]["content"]))
     return out
+
+
+def _gold_scores(
+    lines: list[dict], domain: str, cfg: GenerateConfig
+) -> tuple[list[float], str]:
+    """Gold of every candidate (flat, line order) and the gold's kind.
+
+    With ``cfg.gold_model`` the RM scores under its own chat format (its
+    ``run_config.json``), recorded in each line as ``gold_chat_format``.
+
+    Returns:
+        ``(gold values, kind)``, kind ``verifier:<domain>`` or ``model:<id>``.
+    """
+    if cfg.gold_model is None:
+        workers = cfg.workers or os.cpu_count() or 1
+        items = [(ln["task"], c["text"]) for ln in lines for c in ln["candidates"]]
+        return verifier_gold(domain, items, workers=workers), f"verifier:{domain}"
+    score_cfg = ScoreConfig(
+        batch_size=cfg.batch_size,
+        dtype=cfg.dtype,
+        device=cfg.device,
+        trust_remote_code=cfg.trust_remote_code,
+    )
+    scorer = load_scorer(cfg.gold_model, score_cfg)
+    convs = [c for ln in lines for c in candidate_conversations(ln)]
+    scores, cut = score_conversations(scorer, convs, cfg=score_cfg)
+    if cut:
+        logger.warning("gold model: %d of %d candidates truncated", cut, len(convs))
+    gold_format = scorer.chat_format.record(with_template=False)
+    for line in lines:
+        line["gold_chat_format"] = gold_format
+    return scores.tolist(), f"model:{cfg.gold_model}"
 
 
 def generate_candidates(
@@ -380,6 +326,7 @@ def generate_candidates(
         )
 
     sampled = _sample_policy(policy, [r["prompt"] for r in records], seed=seed, cfg=cfg)
+    policy_format = sampled.chat_format.record(with_template=False)
     lines = []
     for record, task, texts in zip(records, tasks, sampled.texts, strict=True):
         cands = [{"text": t, "gold": float("nan"), "source": "policy"} for t in texts]
@@ -394,28 +341,11 @@ def generate_candidates(
                 "prompt": record["prompt"],
                 "candidates": cands,
                 "task": task,
+                "chat_format": policy_format,
             }
         )
 
-    if cfg.gold_model is None:
-        workers = cfg.workers or os.cpu_count() or 1
-        items = [(ln["task"], c["text"]) for ln in lines for c in ln["candidates"]]
-        gold = verifier_gold(domain, items, workers=workers)
-        gold_kind = f"verifier:{domain}"
-    else:
-        score_cfg = ScoreConfig(
-            batch_size=cfg.batch_size,
-            dtype=cfg.dtype,
-            device=cfg.device,
-            trust_remote_code=cfg.trust_remote_code,
-        )
-        scorer = load_scorer(cfg.gold_model, score_cfg)
-        convs = [c for ln in lines for c in candidate_conversations(ln)]
-        scores, cut = score_conversations(scorer, convs, cfg=score_cfg)
-        if cut:
-            logger.warning("gold model: %d of %d candidates truncated", cut, len(convs))
-        gold = scores.tolist()
-        gold_kind = f"model:{cfg.gold_model}"
+    gold, gold_kind = _gold_scores(lines, domain, cfg)
     flat = [c for ln in lines for c in ln["candidates"]]
     for cand, value in zip(flat, gold, strict=True):
         cand["gold"] = float(value)
@@ -437,6 +367,7 @@ def generate_candidates(
         "generation_seconds": sampled.seconds,
         "tokens_per_second": rate,
         "truncated_prompts": sampled.truncated_prompts,
+        "chat_format": policy_format,
     }
     logger.info(
         "%s: %d prompts, %d candidates %s; mean gold (%s) by source %s;"

@@ -9,6 +9,14 @@ head is kept, the LM head is dropped, and the input embeddings are merged row
 by row over the shared vocabulary, LM-only tokens being appended with their LM
 rows. Tensors are streamed from the safetensors files one at a time and written
 in shards, so memory stays near one output shard rather than three models.
+
+The merged model keeps the RM's tokenizer (extended with LM-only tokens) and
+inherits the RM's chat format: the ``chat_format`` of the RM's
+``run_config.json`` (template and system prompt it was trained with) is copied
+into the merged folder's ``run_config.json``, so scoring a merge uses the RM's
+system prompt by default, whatever the folder is called (ALGORITHMS.md
+section 4.3 [BUG]). An RM without one leaves ``chat_format`` null: the merged
+model is then scored like the RM, with its tokenizer's template.
 """
 
 from __future__ import annotations
@@ -22,18 +30,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from pipelines.common.chat_format import (
+    RUN_CONFIG,
+    ChatFormat,
+    recorded_chat_format,
+)
 from pipelines.common.cli import add_dataclass_args, dataclass_from_args, field_help
 from pipelines.common.io import atomic_dir
 from pipelines.common.logs import log_run_header, setup_logging
+from pipelines.common.safetensors_shards import Checkpoint, ShardWriter
 
 logger = logging.getLogger(__name__)
 
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
 # First name components that mark a model's head rather than its body.
 SCORE_HEADS = ("score", "classifier")
 LM_HEADS = ("lm_head", "embed_out")
@@ -50,96 +60,6 @@ class MergeConfig:
     shard_size_mb: float = field_help(
         "maximum size of one output safetensors shard in MB", default=2000.0
     )
-
-
-class _Checkpoint:
-    """Lazy tensor access to a safetensors checkpoint folder (single or sharded)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        if (folder / INDEX_FILE).exists():
-            index = json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))
-            files = dict(index["weight_map"])
-        elif (folder / SINGLE_FILE).exists():
-            with safe_open(folder / SINGLE_FILE, framework="pt") as fh:
-                files = {name: SINGLE_FILE for name in fh.keys()}
-        else:
-            raise FileNotFoundError(
-                f"{folder} has neither {SINGLE_FILE} nor {INDEX_FILE}"
-                " (only safetensors checkpoints can be merged)"
-            )
-        self.files = files
-        self._handles: dict[str, object] = {}
-        firsts = Counter(name.split(".", 1)[0] for name in files if "." in name)
-        self.prefix = firsts.most_common(1)[0][0] + "." if firsts else ""
-
-    def _handle(self, name: str) -> object:
-        fname = self.files[name]
-        if fname not in self._handles:
-            self._handles[fname] = safe_open(self.folder / fname, framework="pt")
-        return self._handles[fname]
-
-    def get(self, name: str) -> torch.Tensor:
-        """Read one tensor."""
-        return self._handle(name).get_tensor(name)
-
-    def shape(self, name: str) -> list[int]:
-        """Shape of one tensor without reading its data."""
-        return list(self._handle(name).get_slice(name).get_shape())
-
-    def strip(self, name: str) -> str:
-        """``name`` without the model's base prefix (``gpt_neox.``, ``model.``)."""
-        return name[len(self.prefix) :] if name.startswith(self.prefix) else name
-
-
-class _ShardWriter:
-    """Accumulate tensors and flush them to safetensors shards of bounded size."""
-
-    def __init__(self, folder: Path, max_bytes: int) -> None:
-        self.folder = folder
-        self.max_bytes = max(1, max_bytes)
-        self.pending: dict[str, torch.Tensor] = {}
-        self.pending_bytes = 0
-        self.shards: list[tuple[str, list[str]]] = []
-        self.total_bytes = 0
-
-    def add(self, name: str, tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
-        if self.pending and self.pending_bytes + size > self.max_bytes:
-            self.flush()
-        self.pending[name] = tensor.contiguous()
-        self.pending_bytes += size
-        self.total_bytes += size
-
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        fname = f"shard-{len(self.shards):05d}.safetensors"
-        save_file(self.pending, str(self.folder / fname), metadata={"format": "pt"})
-        self.shards.append((fname, list(self.pending)))
-        self.pending, self.pending_bytes = {}, 0
-
-    def finish(self) -> int:
-        """Flush, give the shards their final names and write the index if needed.
-
-        Returns:
-            The number of shards.
-        """
-        self.flush()
-        n = len(self.shards)
-        if n == 1:
-            (self.folder / self.shards[0][0]).rename(self.folder / SINGLE_FILE)
-            return 1
-        weight_map = {}
-        for i, (fname, names) in enumerate(self.shards):
-            final = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-            (self.folder / fname).rename(self.folder / final)
-            weight_map.update({name: final for name in names})
-        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
-        (self.folder / INDEX_FILE).write_text(
-            json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-        )
-        return n
 
 
 def model_folder(name: str) -> Path:
@@ -256,6 +176,25 @@ def merge_vocab(
     return shared, [i for i, _ in lm_only]
 
 
+def inherited_chat_format(rm_dir: Path) -> ChatFormat | None:
+    """The chat format recorded in the RM's ``run_config.json``, if any.
+
+    Returns:
+        The RM's template and system prompt, their source naming the RM's
+        ``run_config.json``; None when the RM recorded no format.
+    """
+    recorded, where = recorded_chat_format(rm_dir)
+    if recorded is None:
+        logger.info("%s records no chat format: the merge records none", where)
+        return None
+    return ChatFormat(
+        template=recorded["chat_template"],
+        system_prompt=recorded.get("system_prompt") or None,
+        template_source=where,
+        system_prompt_source=where,
+    )
+
+
 def _is_head(stripped: str, heads: tuple[str, ...]) -> bool:
     return stripped.split(".", 1)[0] in heads
 
@@ -292,56 +231,22 @@ def merge_dogerm(rm: str, lm: str, out: Path, *, cfg: MergeConfig) -> dict:
     rm_dir, lm_dir = model_folder(rm), model_folder(lm)
     rm_config, lm_config = _read_config(rm_dir), _read_config(lm_dir)
     check_compatible(rm_config, lm_config, rm, lm)
-    rm_ck, lm_ck = _Checkpoint(rm_dir), _Checkpoint(lm_dir)
-    lm_names = {lm_ck.strip(n): n for n in lm_ck.files}
+    rm_ck, lm_ck = Checkpoint(rm_dir), Checkpoint(lm_dir)
 
     rm_tok = AutoTokenizer.from_pretrained(str(rm_dir))
     lm_tok = AutoTokenizer.from_pretrained(str(lm_dir))
     rm_vocab_len, lm_vocab_len = len(rm_tok), len(lm_tok)
     shared_ids, lm_only_ids = merge_vocab(rm_tok, lm_tok)
 
-    counts = Counter()
-    vocab_size = int(rm_config.get("vocab_size", rm_vocab_len))
+    chat_format = inherited_chat_format(rm_dir)
+    counts: Counter = Counter()
     max_bytes = int(cfg.shard_size_mb * 1024 * 1024)
     with atomic_dir(out) as tmp:
-        writer = _ShardWriter(tmp, max_bytes)
-        for name in rm_ck.files:
-            stripped = rm_ck.strip(name)
-            tensor = rm_ck.get(name)
-            lm_name = lm_names.get(stripped)
-            if _is_head(stripped, SCORE_HEADS) or "score" in stripped:
-                writer.add(name, tensor)
-                counts["copied_score"] += 1
-            elif "embed" in stripped:
-                if lm_name is None or tensor.dim() != 2:
-                    writer.add(name, tensor)
-                    counts["copied_rm_only"] += 1
-                    continue
-                merged = _merge_embeddings(
-                    tensor, lm_ck.get(lm_name), shared_ids, lm_only_ids, alpha, beta
-                )
-                vocab_size = max(vocab_size, merged.shape[0])
-                writer.add(name, merged)
-                counts["merged_embeddings"] += 1
-            elif lm_name is None:
-                logger.warning("%s has no LM counterpart: copied from the RM", name)
-                writer.add(name, tensor)
-                counts["copied_rm_only"] += 1
-            else:
-                other = lm_ck.get(lm_name)
-                if other.shape != tensor.shape:
-                    raise ValueError(
-                        f"{name}: RM shape {list(tensor.shape)} differs from LM"
-                        f" {lm_name} shape {list(other.shape)}"
-                    )
-                # In place on the freshly read copy: no extra full-size temporaries.
-                merged = tensor.float().mul_(alpha).add_(other.float(), alpha=beta)
-                del other
-                writer.add(name, merged.to(tensor.dtype))
-                counts["merged"] += 1
-            del tensor
-        rm_stripped = {rm_ck.strip(n) for n in rm_ck.files}
-        counts["dropped_lm_only"] = sum(1 for s in lm_names if s not in rm_stripped)
+        writer = ShardWriter(tmp, max_bytes)
+        vocab_size = _merge_tensors(
+            rm_ck, lm_ck, writer, counts, (shared_ids, lm_only_ids), alpha, beta
+        )
+        vocab_size = max(vocab_size, int(rm_config.get("vocab_size", rm_vocab_len)))
         n_shards = writer.finish()
 
         config = dict(rm_config)
@@ -365,12 +270,82 @@ def merge_dogerm(rm: str, lm: str, out: Path, *, cfg: MergeConfig) -> dict:
             "out_vocab": len(rm_tok),
             "lm_only_tokens": len(lm_only_ids),
             "vocab_size": vocab_size,
+            "chat_format": (
+                chat_format.record(with_template=False) if chat_format else None
+            ),
         }
-        (tmp / "merge_config.json").write_text(
-            json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-        )
+        run_config = {
+            "stage": "merge_dogerm",
+            "merge": summary,
+            "chat_format": chat_format.record() if chat_format else None,
+        }
+        for name, obj in (("merge_config.json", summary), (RUN_CONFIG, run_config)):
+            (tmp / name).write_text(
+                json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+            )
     logger.info("merged %s + %s -> %s: %s", rm, lm, out, summary["tensors"])
     return summary
+
+
+def _merge_tensors(
+    rm_ck: Checkpoint,
+    lm_ck: Checkpoint,
+    writer: ShardWriter,
+    counts: Counter,
+    vocab: tuple[list[int], list[int]],
+    alpha: float,
+    beta: float,
+) -> int:
+    """Stream every RM tensor, merged with its LM counterpart, into ``writer``.
+
+    Score heads and RM-only tensors are copied, input embeddings merged row by
+    row over ``vocab`` (shared ids, LM-only ids), every other shared tensor
+    becomes ``alpha * RM + beta * LM``; ``counts`` tallies each kind.
+
+    Returns:
+        The number of rows of the merged embedding (0 when none was merged).
+
+    Raises:
+        ValueError: a shared tensor has another shape in the LM.
+    """
+    lm_names = {lm_ck.strip(n): n for n in lm_ck.files}
+    vocab_size = 0
+    for name in rm_ck.files:
+        stripped = rm_ck.strip(name)
+        tensor = rm_ck.get(name)
+        lm_name = lm_names.get(stripped)
+        if _is_head(stripped, SCORE_HEADS) or "score" in stripped:
+            writer.add(name, tensor)
+            counts["copied_score"] += 1
+        elif "embed" in stripped:
+            if lm_name is None or tensor.dim() != 2:
+                writer.add(name, tensor)
+                counts["copied_rm_only"] += 1
+                continue
+            merged = _merge_embeddings(tensor, lm_ck.get(lm_name), *vocab, alpha, beta)
+            vocab_size = max(vocab_size, merged.shape[0])
+            writer.add(name, merged)
+            counts["merged_embeddings"] += 1
+        elif lm_name is None:
+            logger.warning("%s has no LM counterpart: copied from the RM", name)
+            writer.add(name, tensor)
+            counts["copied_rm_only"] += 1
+        else:
+            other = lm_ck.get(lm_name)
+            if other.shape != tensor.shape:
+                raise ValueError(
+                    f"{name}: RM shape {list(tensor.shape)} differs from LM"
+                    f" {lm_name} shape {list(other.shape)}"
+                )
+            # In place on the freshly read copy: no extra full-size temporaries.
+            merged = tensor.float().mul_(alpha).add_(other.float(), alpha=beta)
+            del other
+            writer.add(name, merged.to(tensor.dtype))
+            counts["merged"] += 1
+        del tensor
+    rm_stripped = {rm_ck.strip(n) for n in rm_ck.files}
+    counts["dropped_lm_only"] = sum(1 for s in lm_names if s not in rm_stripped)
+    return vocab_size
 
 
 def _merge_embeddings(

@@ -8,16 +8,20 @@ Each candidate is scored as the conversation ``prompt + [{"role": "assistant",
 "content": text}]`` under the tokenisation contract of
 :mod:`pipelines.common.modeling` (the eval stage's scorer: chat template, pad
 distinct from EOS, right padding, score at the last non-pad token, declared
-truncation side with truncations counted, length-sorted batches). The output
-is a Parquet table with one row per candidate, in the order of the gens files,
-their lines and their candidates: ``prompt_id`` (string), ``domain`` (string),
-``cand_idx`` (int64, the index in the line's ``candidates``) and ``score``
-(float64).
+truncation side with truncations counted, length-sorted batches). The chat
+template and system prompt are ``--chat-template`` / ``--system-prompt`` when
+given, else the ones the RM was trained with (its ``run_config.json``, see
+:mod:`pipelines.common.chat_format`). The output is a Parquet table with one
+row per candidate, in the order of the gens files, their lines and their
+candidates: ``prompt_id`` (string), ``domain`` (string), ``cand_idx`` (int64,
+the index in the line's ``candidates``) and ``score`` (float64). Its schema
+metadata key ``rmflow`` holds JSON with the model and the chat format used.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -28,6 +32,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from pipelines.common.chat_format import ChatFormat, setup_chat_format
 from pipelines.common.cli import add_dataclass_args, dataclass_from_args, field_help
 from pipelines.common.io import atomic_path, read_jsonl
 from pipelines.common.logs import library_versions, log_run_header, setup_logging
@@ -45,6 +50,7 @@ from pipelines.common.modeling import (
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("prompt_id", "domain", "cand_idx", "score")
+METADATA_KEY = b"rmflow"  # Parquet schema metadata: model and chat format
 HEAD_SEED = 0  # seeds a score head that the checkpoint lacks (warned about)
 
 
@@ -64,6 +70,16 @@ class ScoreConfig:
     )
     tokenizer: str | None = field_help(
         "tokenizer folder or hub id; None: the model's", default=None
+    )
+    chat_template: str | None = field_help(
+        "chat template (Jinja text or a file); None: the one in the model's"
+        " run_config.json, else the tokenizer's",
+        default=None,
+    )
+    system_prompt: str | None = field_help(
+        "system turn prepended to conversations without one ('' = none); None:"
+        " the one in the model's run_config.json, else none",
+        default=None,
     )
     trust_remote_code: bool = field_help("allow model code from the hub", default=False)
 
@@ -91,6 +107,7 @@ class Scorer:
     tok: PreTrainedTokenizerBase
     device: torch.device
     new_head: bool
+    chat_format: ChatFormat
 
 
 def load_scorer(model: str, cfg: ScoreConfig) -> Scorer:
@@ -101,12 +118,16 @@ def load_scorer(model: str, cfg: ScoreConfig) -> Scorer:
         cfg: the scorer config (tokenizer, dtype, device, remote code).
 
     Returns:
-        The scorer; a checkpoint without a trained score head gets one seeded
-        with ``HEAD_SEED`` (and a warning).
+        The scorer, with the chat format resolved for ``model``; a checkpoint
+        without a trained score head gets one seeded with ``HEAD_SEED`` (and a
+        warning).
     """
     device = resolve_device(cfg.device)
     tok = load_tokenizer(
         cfg.tokenizer or model, trust_remote_code=cfg.trust_remote_code
+    )
+    fmt = setup_chat_format(
+        tok, model, chat_template=cfg.chat_template, system_prompt=cfg.system_prompt
     )
     torch.manual_seed(HEAD_SEED)
     rm = load_reward_model(
@@ -116,7 +137,7 @@ def load_scorer(model: str, cfg: ScoreConfig) -> Scorer:
     ensure_pad_embeddings(rm, tok)  # config pad id = the id score_ids pads with
     rm.to(device)
     rm.eval()
-    return Scorer(model=rm, tok=tok, device=device, new_head=new_head)
+    return Scorer(model=rm, tok=tok, device=device, new_head=new_head, chat_format=fmt)
 
 
 def score_conversations(
@@ -129,7 +150,7 @@ def score_conversations(
     """Reward of each conversation, in input order.
 
     Args:
-        scorer: from :func:`load_scorer`.
+        scorer: from :func:`load_scorer` (its chat format is applied).
         conversations: message lists ending with the assistant reply.
         cfg: batch size, maximum length and truncation side.
         sort_by_length: length-sorted batches (the result does not depend on it).
@@ -144,6 +165,7 @@ def score_conversations(
         conversations,
         max_length=cfg.max_length,
         truncation_side=cfg.truncation_side,
+        system_prompt=scorer.chat_format.system_prompt,
     )
     scores = score_ids(
         scorer.model,
@@ -165,12 +187,16 @@ def candidate_conversations(line: dict) -> list[list[dict[str, str]]]:
     ]
 
 
-def write_scores_parquet(path: Path, rows: dict[str, list]) -> None:
+def write_scores_parquet(
+    path: Path, rows: dict[str, list], metadata: dict | None = None
+) -> None:
     """Write the score table atomically with its fixed column types.
 
     Args:
         path: the Parquet file.
         rows: column name -> values, for the columns of ``COLUMNS``.
+        metadata: JSON-able record stored under the schema metadata key
+            ``rmflow`` (:data:`METADATA_KEY`).
     """
     import pyarrow as pa  # the eval env has it; the train env need not
     import pyarrow.parquet as pq
@@ -183,6 +209,10 @@ def write_scores_parquet(path: Path, rows: dict[str, list]) -> None:
             ("score", pa.float64()),
         ]
     )
+    if metadata is not None:
+        schema = schema.with_metadata(
+            {METADATA_KEY: json.dumps(metadata, sort_keys=True).encode("utf-8")}
+        )
     table = pa.table({name: rows[name] for name in COLUMNS}, schema=schema)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
@@ -226,7 +256,8 @@ def score_candidates(
     scores, truncated = score_conversations(scorer, conversations, cfg=cfg)
     seconds = time.perf_counter() - start
     rows["score"] = scores.tolist()
-    write_scores_parquet(out, rows)
+    chat_format = scorer.chat_format.record(with_template=False)
+    write_scores_parquet(out, rows, {"model": str(model), "chat_format": chat_format})
 
     if truncated:
         logger.warning(
@@ -252,6 +283,7 @@ def score_candidates(
             **asdict(cfg),
             "device": str(scorer.device),
             "new_score_head": scorer.new_head,
+            "chat_format": chat_format,
         },
     }
     logger.info(

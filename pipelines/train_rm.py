@@ -30,9 +30,17 @@ forward pass; the reward is the score head at the last non-pad token
 (ALGORITHMS.md sections 0 and 2). The loss is ``-mean log sigmoid(r_c - r_r)``
 plus an optional ``l2_coef * 0.5 * (r_c^2 + r_r^2)`` (section 5.1).
 
+The chat template and system prompt are ``--chat-template`` and
+``--system-prompt`` when given, else the ones the base was trained with (its
+``run_config.json``; see :mod:`pipelines.common.chat_format`). A pair with a
+side over ``--max-length`` tokens is cut on ``--truncation-side`` and kept
+(``--over-length truncate``) or removed before training (``drop``, DogeRM's
+recipe, section 4.1); either count is logged and saved.
+
 The output folder loads with ``AutoModelForSequenceClassification`` (LoRA
 adapters merged, score head included) and holds the tokenizer,
-``run_config.json`` and ``metrics.json``. With ``--checkpoint-dir`` the run
+``run_config.json`` (with the chat format used, which scoring then inherits)
+and ``metrics.json``. With ``--checkpoint-dir`` the run
 checkpoints every ``--checkpoint-every`` steps and on SIGTERM (exit code 143),
 resumes from a checkpoint found there, and deletes it after success.
 """
@@ -41,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,17 +58,17 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from transformers import PreTrainedTokenizerBase
 
+from pipelines.common.chat_format import ChatFormat, setup_chat_format
 from pipelines.common.cli import add_dataclass_args, dataclass_from_args, field_help
 from pipelines.common.logs import library_versions, log_run_header, setup_logging
 from pipelines.common.modeling import (
     count_parameters,
-    encode_conversations,
     ensure_pad_embeddings,
     load_reward_model,
     load_tokenizer,
     pad_batch,
 )
-from pipelines.common.records import read_pairs
+from pipelines.common.rm_data import OVER_LENGTH, PairData, load_pair_data
 from pipelines.common.seeding import seed_everything
 from pipelines.common.training import (
     Batch,
@@ -141,6 +148,23 @@ class TrainRMConfig:
         "side cut from over-long sequences: left keeps the reply (RLHFlow)",
         default="left",
     )
+    over_length: str = field_help(
+        # DogeRM (MiuLab/DogeRM src/train_rm.py, ALGORITHMS.md section 4.1)
+        # filters out pairs with a side over 2048 tokens instead of cutting them.
+        "a pair with a side over max_length is cut and kept (truncate) or"
+        " removed before training (drop, DogeRM)",
+        default="truncate",
+    )
+    chat_template: str | None = field_help(
+        "chat template (Jinja text or a file); None: the one in the base's"
+        " run_config.json, else the tokenizer's",
+        default=None,
+    )
+    system_prompt: str | None = field_help(
+        "system turn prepended to conversations without one ('' = none); None:"
+        " the one in the base's run_config.json, else none",
+        default=None,
+    )
     l2_coef: float = field_help(
         # tlc4418/llm_optimization (OpenAssistant RMLoss) uses 0.001
         "weight of the 0.5*(r_c^2 + r_r^2) reward regulariser",
@@ -174,18 +198,6 @@ class TrainRMConfig:
 
 
 @dataclass
-class PairData:
-    """Token ids of the chosen and rejected sequences of every pair."""
-
-    chosen: list[list[int]]
-    rejected: list[list[int]]
-    n_truncated: int  # pairs with at least one side cut
-    n_truncated_chosen: int
-    n_truncated_rejected: int
-    per_file: dict[str, int]
-
-
-@dataclass
 class FitResult:
     """A trained RM in memory (before merging and saving) and its run record."""
 
@@ -194,89 +206,6 @@ class FitResult:
     metrics: dict[str, object]
     run_config: dict[str, object]
     accelerator: Accelerator
-
-
-def _truncate(ids: list[int], max_length: int, side: str) -> list[int]:
-    if len(ids) <= max_length:
-        return ids
-    return ids[-max_length:] if side == "left" else ids[:max_length]
-
-
-def load_pair_data(
-    pairs: Sequence[Path],
-    tok: PreTrainedTokenizerBase,
-    *,
-    max_length: int,
-    truncation_side: str,
-) -> PairData:
-    """Read pair files and tokenise both sides, truncating on the declared side.
-
-    Over-length pairs are truncated and kept; they are counted (a pair counts
-    once if either side was cut) and logged.
-
-    Args:
-        pairs: standard-format JSONL files, concatenated in order.
-        tok: the tokenizer.
-        max_length: maximum tokens per sequence.
-        truncation_side: ``left`` or ``right``.
-
-    Returns:
-        The ids and the truncation counts.
-    """
-    records: list[dict] = []
-    per_file: dict[str, int] = {}
-    for path in pairs:
-        recs = read_pairs(path)
-        per_file[str(path)] = len(recs)
-        records.extend(recs)
-    if not records:
-        raise ValueError(f"no pairs in {[str(p) for p in pairs]}")
-    # Tokenise at full length, then cut here, so each pair knows if it was cut.
-    unlimited = sys.maxsize
-    chosen = encode_conversations(
-        tok,
-        [r["chosen"] for r in records],
-        max_length=unlimited,
-        truncation_side=truncation_side,
-    ).ids
-    rejected = encode_conversations(
-        tok,
-        [r["rejected"] for r in records],
-        max_length=unlimited,
-        truncation_side=truncation_side,
-    ).ids
-    cut_c = [len(ids) > max_length for ids in chosen]
-    cut_r = [len(ids) > max_length for ids in rejected]
-    data = PairData(
-        chosen=[_truncate(ids, max_length, truncation_side) for ids in chosen],
-        rejected=[_truncate(ids, max_length, truncation_side) for ids in rejected],
-        n_truncated=sum(c or r for c, r in zip(cut_c, cut_r, strict=True)),
-        n_truncated_chosen=sum(cut_c),
-        n_truncated_rejected=sum(cut_r),
-        per_file=per_file,
-    )
-    for path, n in per_file.items():
-        logger.info("pairs: %d from %s", n, path)
-    lengths = [len(s) for s in data.chosen + data.rejected]
-    logger.info(
-        "tokenised %d pairs: mean length %.1f, max %d (max_length %d)",
-        len(records),
-        sum(lengths) / len(lengths),
-        max(lengths),
-        max_length,
-    )
-    if data.n_truncated:
-        logger.warning(
-            "%d of %d pairs exceed max_length %d and were truncated on the %s"
-            " (chosen %d, rejected %d); they are kept",
-            data.n_truncated,
-            len(records),
-            max_length,
-            truncation_side,
-            data.n_truncated_chosen,
-            data.n_truncated_rejected,
-        )
-    return data
 
 
 def bt_loss_sum(
@@ -364,30 +293,24 @@ def fit_reward_model(
     Raises:
         Interrupted: SIGTERM arrived; the checkpoint (if any) is saved.
     """
-    if cfg.truncation_side not in ("left", "right"):
-        raise ValueError(
-            f"truncation_side must be left or right: {cfg.truncation_side}"
-        )
+    for name, allowed in (
+        ("truncation_side", ("left", "right")),
+        ("over_length", OVER_LENGTH),
+    ):
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}: {getattr(cfg, name)}")
     accelerator = make_accelerator(cfg.device, cfg.dtype)
     # Seed before loading: the new score head (and any resized embedding rows)
     # are drawn from torch's RNG.
     seed_everything(seed)
-    tok = load_tokenizer(base, trust_remote_code=cfg.trust_remote_code)
-    model = load_reward_model(base, trust_remote_code=cfg.trust_remote_code)
-    ensure_pad_embeddings(model, tok)
-    if tok.pad_token_id == tok.eos_token_id:  # load_tokenizer prevents this
-        raise ValueError("the RM pad token must differ from EOS")
-    if cfg.lora:
-        model = _wrap_lora(model, cfg)
-    logger.info(
-        "model %s: %d parameters, %d trainable (%s)",
-        base,
-        count_parameters(model),
-        count_parameters(model, trainable_only=True),
-        "LoRA + head" if cfg.lora else "full",
-    )
+    tok, model, fmt = _load_base(base, cfg)
     data = load_pair_data(
-        pairs, tok, max_length=cfg.max_length, truncation_side=cfg.truncation_side
+        pairs,
+        tok,
+        max_length=cfg.max_length,
+        truncation_side=cfg.truncation_side,
+        over_length=cfg.over_length,
+        system_prompt=fmt.system_prompt,
     )
     n_pairs = len(data.chosen)
     pad_id = tok.pad_token_id
@@ -409,6 +332,7 @@ def fit_reward_model(
     fingerprint = run_fingerprint(
         stage="train_rm",
         config=science,
+        chat_format=fmt.record(with_template=False),
         seed=seed,
         base=str(base),
         data=digests,
@@ -425,17 +349,41 @@ def fit_reward_model(
         checkpoint_dir=checkpoint_dir,
         fingerprint=fingerprint,
         unit_name="pairs",
-        lengths=(
-            [
-                max(len(c), len(r))
-                for c, r in zip(data.chosen, data.rejected, strict=True)
-            ]
-            if cfg.group_by_length
-            else None
-        ),
+        lengths=_pair_lengths(data) if cfg.group_by_length else None,
     )
-    metrics = _metrics(result, data, n_pairs, cfg)
-    run_config = {
+    return FitResult(
+        model=trained,
+        tokenizer=tok,
+        metrics=_metrics(result, data, n_pairs, cfg),
+        run_config=_run_config(
+            pairs,
+            base,
+            seed=seed,
+            cfg=cfg,
+            data=data,
+            fmt=fmt,
+            digests=digests,
+            accelerator=accelerator,
+            fingerprint=fingerprint,
+        ),
+        accelerator=accelerator,
+    )
+
+
+def _run_config(
+    pairs: Sequence[Path],
+    base: str,
+    *,
+    seed: int,
+    cfg: TrainRMConfig,
+    data: PairData,
+    fmt: ChatFormat,
+    digests: dict[str, str],
+    accelerator: Accelerator,
+    fingerprint: str,
+) -> dict[str, object]:
+    """The run record saved as ``run_config.json`` beside the weights."""
+    return {
         "stage": "train_rm",
         "config": config_dict(cfg),
         "seed": seed,
@@ -448,18 +396,45 @@ def fit_reward_model(
             }
             for p in pairs
         ],
+        "n_pairs_trained": len(data.chosen),
+        "n_dropped_over_length": data.n_dropped,
+        "chat_format": fmt.record(),  # scorers of this RM inherit it
         "num_processes": accelerator.num_processes,
-        "device": str(device),
+        "device": str(accelerator.device),
         "fingerprint": fingerprint,
         "versions": library_versions(),
     }
-    return FitResult(
-        model=trained,
-        tokenizer=tok,
-        metrics=metrics,
-        run_config=run_config,
-        accelerator=accelerator,
+
+
+def _pair_lengths(data: PairData) -> list[int]:
+    """Length of each pair's longer side (what length-grouped batches sort by)."""
+    return [
+        max(len(c), len(r)) for c, r in zip(data.chosen, data.rejected, strict=True)
+    ]
+
+
+def _load_base(
+    base: str, cfg: TrainRMConfig
+) -> tuple[PreTrainedTokenizerBase, torch.nn.Module, ChatFormat]:
+    """Tokenizer (with the resolved chat format), RM (LoRA-wrapped if asked)."""
+    tok = load_tokenizer(base, trust_remote_code=cfg.trust_remote_code)
+    fmt = setup_chat_format(
+        tok, base, chat_template=cfg.chat_template, system_prompt=cfg.system_prompt
     )
+    model = load_reward_model(base, trust_remote_code=cfg.trust_remote_code)
+    ensure_pad_embeddings(model, tok)
+    if tok.pad_token_id == tok.eos_token_id:  # load_tokenizer prevents this
+        raise ValueError("the RM pad token must differ from EOS")
+    if cfg.lora:
+        model = _wrap_lora(model, cfg)
+    logger.info(
+        "model %s: %d parameters, %d trainable (%s)",
+        base,
+        count_parameters(model),
+        count_parameters(model, trainable_only=True),
+        "LoRA + head" if cfg.lora else "full",
+    )
+    return tok, model, fmt
 
 
 def _metrics(
@@ -471,8 +446,10 @@ def _metrics(
         "n_truncated": data.n_truncated,
         "n_truncated_chosen": data.n_truncated_chosen,
         "n_truncated_rejected": data.n_truncated_rejected,
+        "n_dropped_over_length": data.n_dropped,
         "max_length": cfg.max_length,
         "truncation_side": cfg.truncation_side,
+        "over_length": cfg.over_length,
         # mean over the last epoch's batches, scored before each update
         "train_accuracy": last_epoch.get("accuracy", float("nan")),
         "train_loss_last_epoch": last_epoch.get("loss", float("nan")),
@@ -525,8 +502,9 @@ def train_rm(
             success. None disables checkpoints.
 
     Returns:
-        Scalar metrics: ``n_pairs``, ``n_truncated``, ``train_accuracy``,
-        ``final_loss``, ``pairs_per_second``, ``steps``.
+        Scalar metrics: ``n_pairs`` (trained on), ``n_truncated``,
+        ``n_dropped_over_length``, ``train_accuracy``, ``final_loss``,
+        ``pairs_per_second``, ``steps``.
 
     Raises:
         Interrupted: on SIGTERM, after the checkpoint is saved.
@@ -541,6 +519,7 @@ def train_rm(
     keys = (
         "n_pairs",
         "n_truncated",
+        "n_dropped_over_length",
         "train_accuracy",
         "final_loss",
         "pairs_per_second",

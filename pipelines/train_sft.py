@@ -17,9 +17,13 @@ tokenizer unless ``--tokenizer`` names another.
 Records are ``{"messages": [..., {"role": "assistant", ...}]}``. The loss is the
 causal-LM cross-entropy on the last assistant message only: its content and
 the template's closing tokens (``<|endoftext|>``); the prompt, the role
-markers and padding get label -100. The output folder holds the model and
-tokenizer (``save_pretrained``, safetensors), ``run_config.json`` and
-``metrics.json`` (loss curve).
+markers and padding get label -100. The chat template and system prompt are
+``--chat-template`` / ``--system-prompt`` when given, else the base's (its
+``run_config.json``), else the tokenizer's template and none; a system prompt
+is a prompt turn, never trained. The output folder holds the model and
+tokenizer (``save_pretrained``, safetensors; the tokenizer carries the
+template used), ``run_config.json`` (with the chat format, which RM training
+and generation inherit) and ``metrics.json`` (loss curve).
 """
 
 from __future__ import annotations
@@ -34,21 +38,26 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
+from pipelines.common.chat_format import ChatFormat, setup_chat_format
 from pipelines.common.cli import add_dataclass_args, dataclass_from_args, field_help
 from pipelines.common.io import read_jsonl
 from pipelines.common.logs import library_versions, log_run_header, setup_logging
 from pipelines.common.modeling import (
     TinyArch,
-    chat_text,
     count_parameters,
     ensure_pad_embeddings,
     init_tiny_causal_lm,
     load_causal_lm,
     load_tokenizer,
     pad_batch,
-    prompt_text,
 )
 from pipelines.common.seeding import seed_everything
+from pipelines.common.sft_data import (
+    IGNORE,
+    SFTExample,
+    build_sft_examples,
+    truncate_examples,
+)
 from pipelines.common.training import (
     Batch,
     Interrupted,
@@ -66,7 +75,6 @@ from pipelines.common.training import (
 
 logger = logging.getLogger(__name__)
 
-IGNORE = -100  # the label PyTorch's cross-entropy skips
 OPERATIONAL_FIELDS = ("log_every", "checkpoint_every", "device")
 _ARCH = TinyArch()
 
@@ -115,6 +123,16 @@ class TrainSFTConfig:
         "side cut from over-long examples: right keeps the prompt start",
         default="right",
     )
+    chat_template: str | None = field_help(
+        "chat template (Jinja text or a file); None: the one in the base's"
+        " run_config.json, else the tokenizer's",
+        default=None,
+    )
+    system_prompt: str | None = field_help(
+        "system turn prepended to conversations without one ('' = none); None:"
+        " the one in the base's run_config.json, else none",
+        default=None,
+    )
     hidden_size: int = field_help(
         "tiny model (no --base): hidden size", default=_ARCH.hidden_size
     )
@@ -155,105 +173,6 @@ class TrainSFTConfig:
             max_position_embeddings=self.max_position_embeddings,
             rotary_pct=self.rotary_pct,
         )
-
-
-@dataclass
-class SFTExample:
-    """Token ids of one conversation and their labels (-100 where not trained)."""
-
-    ids: list[int]
-    labels: list[int]
-
-
-def build_sft_examples(
-    tok: PreTrainedTokenizerBase, conversations: Sequence[Sequence[dict]]
-) -> list[SFTExample]:
-    """Tokenise conversations and mask everything but the last assistant reply.
-
-    The prompt is the template of all messages but the last, with the
-    generation prompt (``<|assistant|>``). Its tokens are usually a prefix of
-    the full conversation's tokens; when BPE merges across the boundary they
-    are not, and the boundary is found from character offsets instead (a token
-    that straddles it is trained, so no reply text is lost).
-
-    Args:
-        tok: the tokenizer (with a chat template).
-        conversations: message lists whose last message is the assistant's.
-
-    Returns:
-        One example per conversation, untruncated.
-
-    Raises:
-        ValueError: on a conversation not ending with an assistant message, or a
-            template whose prompt text is not a prefix of the full text.
-    """
-    fulls, prompts = [], []
-    for i, messages in enumerate(conversations):
-        if not messages or messages[-1].get("role") != "assistant":
-            raise ValueError(f"conversation {i} does not end with an assistant turn")
-        fulls.append(chat_text(tok, messages))
-        prompts.append(prompt_text(tok, messages[:-1]))
-    full_ids = tok(fulls, add_special_tokens=True)["input_ids"]
-    prompt_ids = tok(prompts, add_special_tokens=True)["input_ids"]
-    out: list[SFTExample] = []
-    fallbacks = 0
-    for i, (ids, pids) in enumerate(zip(full_ids, prompt_ids, strict=True)):
-        ids = list(ids)
-        n = len(pids)
-        if list(ids[:n]) == list(pids) and n < len(ids):
-            labels = [IGNORE] * n + ids[n:]
-        else:
-            fallbacks += 1
-            labels = _labels_from_offsets(tok, fulls[i], prompts[i], ids, index=i)
-        out.append(SFTExample(ids=ids, labels=labels))
-    if fallbacks:
-        logger.info(
-            "%d of %d examples: prompt tokens are not a prefix of the full tokens;"
-            " labels placed by character offsets",
-            fallbacks,
-            len(out),
-        )
-    return out
-
-
-def _labels_from_offsets(
-    tok: PreTrainedTokenizerBase,
-    full: str,
-    prompt: str,
-    ids: list[int],
-    *,
-    index: int,
-) -> list[int]:
-    if not full.startswith(prompt):
-        raise ValueError(
-            f"conversation {index}: the chat template's prompt text is not a prefix"
-            " of the full conversation text, so the reply cannot be located"
-        )
-    if not getattr(tok, "is_fast", False):
-        raise ValueError(
-            f"conversation {index}: prompt tokens differ from the full text's and a"
-            " slow tokenizer gives no offsets; use a fast tokenizer"
-        )
-    enc = tok(full, add_special_tokens=True, return_offsets_mapping=True)
-    if list(enc["input_ids"]) != ids:
-        raise ValueError(f"conversation {index}: tokenisation is not deterministic")
-    boundary = len(prompt)
-    # A token is trained if it holds at least one character of the reply; one
-    # straddling the boundary (prompt space + first reply word) is trained, so
-    # no reply text is lost. Special tokens added by the tokenizer have empty
-    # (0, 0) offsets and stay masked.
-    return [
-        tid if end > boundary and end > start else IGNORE
-        for tid, (start, end) in zip(ids, enc["offset_mapping"], strict=True)
-    ]
-
-
-def _truncate(ex: SFTExample, max_length: int, side: str) -> SFTExample:
-    if len(ex.ids) <= max_length:
-        return ex
-    if side == "left":
-        return SFTExample(ids=ex.ids[-max_length:], labels=ex.labels[-max_length:])
-    return SFTExample(ids=ex.ids[:max_length], labels=ex.labels[:max_length])
 
 
 def lm_loss_sum(
@@ -325,42 +244,8 @@ def train_sft(
     check_checkpoint_dir(out, checkpoint_dir)
     accelerator = make_accelerator(cfg.device, cfg.dtype)
     seed_everything(seed)
-    tok_source = tokenizer if tokenizer is not None else base
-    tok = load_tokenizer(tok_source, trust_remote_code=cfg.trust_remote_code)
-    if base is None:
-        model = init_tiny_causal_lm(tok, seed=seed, arch=cfg.arch())
-    else:
-        model = load_causal_lm(base, trust_remote_code=cfg.trust_remote_code)
-    ensure_pad_embeddings(model, tok)
-    logger.info(
-        "model %s: %d parameters",
-        base or f"tiny GPT-NeoX (seed {seed})",
-        count_parameters(model),
-    )
-
-    records = [rec for path in data for rec in read_jsonl(path)]
-    if not records:
-        raise ValueError(f"no SFT records in {[str(p) for p in data]}")
-    examples = build_sft_examples(tok, [rec["messages"] for rec in records])
-    n_truncated = sum(len(ex.ids) > cfg.max_length for ex in examples)
-    examples = [_truncate(ex, cfg.max_length, cfg.truncation_side) for ex in examples]
-    n_empty = sum(all(t == IGNORE for t in ex.labels[1:]) for ex in examples)
-    n_targets = sum(sum(t != IGNORE for t in ex.labels[1:]) for ex in examples)
-    logger.info(
-        "%d examples, %d target tokens, mean length %.1f",
-        len(examples),
-        n_targets,
-        sum(len(ex.ids) for ex in examples) / len(examples),
-    )
-    if n_truncated:
-        logger.warning(
-            "%d examples exceed max_length %d: truncated on the %s and kept",
-            n_truncated,
-            cfg.max_length,
-            cfg.truncation_side,
-        )
-    if n_empty:
-        logger.warning("%d examples have no reply token left after truncation", n_empty)
+    tok, model, fmt = _load_start(base, tokenizer, seed=seed, cfg=cfg)
+    examples, counts = _prepare_examples(data, tok, cfg, fmt.system_prompt)
     pad_id = tok.pad_token_id
     device = accelerator.device
 
@@ -376,6 +261,7 @@ def train_sft(
     fingerprint = run_fingerprint(
         stage="train_sft",
         config=science,
+        chat_format=fmt.record(with_template=False),
         seed=seed,
         base=base,
         tokenizer=tokenizer,
@@ -397,9 +283,7 @@ def train_sft(
     )
     metrics = {
         "n_examples": len(examples),
-        "n_truncated": n_truncated,
-        "n_without_targets": n_empty,
-        "n_target_tokens": n_targets,
+        **counts,
         "first_loss": result.history[0]["loss"] if result.history else float("nan"),
         **loop_metrics(result, "examples"),
     }
@@ -408,8 +292,9 @@ def train_sft(
         "config": config_dict(cfg),
         "seed": seed,
         "base": base,
-        "tokenizer": tok_source,
+        "tokenizer": tokenizer if tokenizer is not None else base,
         "data": [{"path": str(p), "sha256": digests[str(p)]} for p in data],
+        "chat_format": fmt.record(),
         "num_processes": accelerator.num_processes,
         "device": str(device),
         "fingerprint": fingerprint,
@@ -429,6 +314,83 @@ def train_sft(
         "examples_per_second",
     )
     return {k: float(metrics[k]) for k in keys}  # type: ignore[arg-type]
+
+
+def _load_start(
+    base: str | None, tokenizer: str | None, *, seed: int, cfg: TrainSFTConfig
+) -> tuple[PreTrainedTokenizerBase, torch.nn.Module, ChatFormat]:
+    """Tokenizer (chat format resolved) and the model training starts from.
+
+    The chat format is inherited from ``base``'s ``run_config.json`` (a domain
+    LM continuing the general SFT model keeps its format); a tiny run (no
+    ``base``) takes its tokenizer's template.
+    """
+    tok_source = tokenizer if tokenizer is not None else base
+    tok = load_tokenizer(tok_source, trust_remote_code=cfg.trust_remote_code)
+    fmt = setup_chat_format(
+        tok,
+        base if base is not None else tok_source,
+        chat_template=cfg.chat_template,
+        system_prompt=cfg.system_prompt,
+    )
+    if base is None:
+        model = init_tiny_causal_lm(tok, seed=seed, arch=cfg.arch())
+    else:
+        model = load_causal_lm(base, trust_remote_code=cfg.trust_remote_code)
+    ensure_pad_embeddings(model, tok)
+    logger.info(
+        "model %s: %d parameters",
+        base or f"tiny GPT-NeoX (seed {seed})",
+        count_parameters(model),
+    )
+    return tok, model, fmt
+
+
+def _prepare_examples(
+    data: Sequence[Path],
+    tok: PreTrainedTokenizerBase,
+    cfg: TrainSFTConfig,
+    system_prompt: str | None,
+) -> tuple[list[SFTExample], dict[str, int]]:
+    """Read, tokenise, mask and truncate the SFT records; log and count them.
+
+    Returns:
+        The examples and ``n_truncated``, ``n_without_targets``,
+        ``n_target_tokens``.
+    """
+    records = [rec for path in data for rec in read_jsonl(path)]
+    if not records:
+        raise ValueError(f"no SFT records in {[str(p) for p in data]}")
+    examples = build_sft_examples(
+        tok, [rec["messages"] for rec in records], system_prompt=system_prompt
+    )
+    n_truncated = sum(len(ex.ids) > cfg.max_length for ex in examples)
+    examples = truncate_examples(
+        tok, examples, max_length=cfg.max_length, side=cfg.truncation_side
+    )
+    n_empty = sum(all(t == IGNORE for t in ex.labels[1:]) for ex in examples)
+    n_targets = sum(sum(t != IGNORE for t in ex.labels[1:]) for ex in examples)
+    logger.info(
+        "%d examples, %d target tokens, mean length %.1f",
+        len(examples),
+        n_targets,
+        sum(len(ex.ids) for ex in examples) / len(examples),
+    )
+    if n_truncated:
+        logger.warning(
+            "%d examples exceed max_length %d: truncated on the %s and kept",
+            n_truncated,
+            cfg.max_length,
+            cfg.truncation_side,
+        )
+    if n_empty:
+        logger.warning("%d examples have no reply token left after truncation", n_empty)
+    counts = {
+        "n_truncated": n_truncated,
+        "n_without_targets": n_empty,
+        "n_target_tokens": n_targets,
+    }
+    return examples, counts
 
 
 def make_parser() -> argparse.ArgumentParser:

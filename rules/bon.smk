@@ -2,6 +2,7 @@ rule generate_candidates:
     input:
         policy="results/models/sft/general",
         pairs="results/data/{domain}/test.jsonl",
+        template=chat_template_file("bon/generate"),
     output:
         gens="results/bon/gens/{domain}.jsonl",
     log:
@@ -26,6 +27,7 @@ rule score_candidates:
     input:
         model=eval_model_input,
         gens=bon_gens(),
+        template=chat_template_file("bon/score"),
     output:
         scores="results/bon/scores/{model_id}.parquet",
     log:

@@ -30,6 +30,17 @@ def cli_args(section, exclude=()):
     return " ".join(parts)
 
 
+def chat_template_file(section):
+    """A section's chat_template given as a file, as an input: editing it reruns.
+
+    Jinja text (and null) is passed as a flag only, by cli_args.
+    """
+    value = lookup(dpath=f"{section}/chat_template", within=config)
+    if value is None or "{{" in value or "{%" in value:
+        return []
+    return [value]
+
+
 COMPUTE = config["compute"]
 
 

@@ -2,6 +2,7 @@ rule eval_rm:
     input:
         model=eval_model_input,
         data=benchmark_input,
+        template=chat_template_file("eval"),
     output:
         result="results/eval/{model_id}/{benchmark}.json",
     log:

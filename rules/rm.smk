@@ -2,6 +2,7 @@ rule train_rm:
     input:
         pairs=rm_train_pairs,
         base=rm_base_input,
+        template=chat_template_file("rm"),
     output:
         model=directory("results/models/rm/{trainset}/seed{seed}"),
     log:

@@ -23,6 +23,7 @@ rule train_sft:
     input:
         data="results/data/sft/{domain}/train.jsonl",
         base=sft_base_input,
+        template=chat_template_file("sft"),
     output:
         model=directory("results/models/sft/{domain}"),
     log:

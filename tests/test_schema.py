@@ -62,6 +62,32 @@ def test_bad_values_fail(key, value):
 
 
 @pytest.mark.parametrize(
+    ("path", "value", "ok"),
+    [
+        ("rm/over_length", "drop", True),
+        ("rm/over_length", "cut", False),
+        ("rm/system_prompt", "", True),  # explicitly none
+        ("eval/system_prompt", 3, False),
+        ("sft/chat_template", "{{ messages }}", True),
+        ("bon/score/chat_template", ["x"], False),
+        ("bon/generate/system_prompt", None, True),
+    ],
+)
+def test_chat_format_and_over_length_keys(path, value, ok):
+    cfg = copy.deepcopy(load(TINY_CONFIG))
+    *sections, key = path.split("/")
+    node = cfg
+    for name in sections:
+        node = node.setdefault(name, {})
+    node[key] = value
+    if ok:
+        validate(cfg, SCHEMA)
+    else:
+        with pytest.raises(WorkflowError, match=key):
+            validate(cfg, SCHEMA)
+
+
+@pytest.mark.parametrize(
     ("section", "cls", "not_in_schema"),
     [
         ("data", BuildPrefsConfig, {"source", "workers"}),  # data.sources; threads

@@ -19,6 +19,7 @@ from pipelines.common.modeling import (
 )
 from pipelines.common.records import RecordError, read_pairs
 from pipelines.eval_rm import EvalConfig, eval_rm, main, make_parser, pair_outcomes
+from pipelines.train_rm import TrainRMConfig, train_rm
 
 # ---------------------------------------------------------------- the oracle RM
 # A real GPT-NeoX RM with hand-set weights: the blocks add nothing (their output
@@ -417,6 +418,8 @@ def test_standard_benchmark_json_fields_and_settings(random_rm, domain_data, tmp
     }.items():
         assert st[key] == value, key
     assert len(st["chat_template_sha256"]) == 64
+    assert st["chat_format"]["system_prompt"] is None  # a folder without a record
+    assert st["chat_format"]["chat_template_source"] == "tokenizer"
     assert {"torch", "transformers", "python"} <= set(st["versions"])
     assert st["pad_token_id"] != st["eos_token_id"]
     assert not list(out.parent.glob(".*.tmp"))
@@ -434,6 +437,66 @@ def test_truncation_side_moves_scores(random_rm, domain_data, tmp_path):
     )
     assert left["n_truncated"] == right["n_truncated"] > 0
     assert [p["chosen"] for p in left["pairs"]] != [p["chosen"] for p in right["pairs"]]
+
+
+@pytest.fixture(scope="module")
+def terse_rm(random_rm, domain_data, tmp_path_factory):
+    """An RM trained (two steps) with the system prompt "You are terse."."""
+    out = tmp_path_factory.mktemp("terse") / "rm"
+    cfg = TrainRMConfig(
+        max_steps=2, batch_size=4, device="cpu", system_prompt="You are terse."
+    )
+    train_rm([domain_data["math"]], random_rm, out, seed=0, cfg=cfg)
+    return str(out)
+
+
+def _manual_scores(model_dir, recs, system_prompt):
+    """Score with the system turn prepended by hand (independent of eval_rm)."""
+    tok = load_tokenizer(model_dir)
+    model = load_reward_model(model_dir)
+    out = []
+    for key in ("chosen", "rejected"):
+        convs = [
+            [{"role": "system", "content": system_prompt}, *r[key]]
+            if system_prompt
+            else r[key]
+            for r in recs
+        ]
+        ids = encode_conversations(tok, convs, max_length=1024).ids
+        out.append(score_ids(model, ids, pad_id=tok.pad_token_id, batch_size=1))
+    return out
+
+
+def test_rm_trained_with_system_prompt_is_scored_with_it(
+    terse_rm, domain_data, tmp_path
+):
+    spec = {"kind": "standard", "path": str(domain_data["math"])}
+    recs = read_pairs(domain_data["math"])
+
+    def scores(**kw):
+        res, _ = run(terse_rm, spec, tmp_path, EvalConfig(device="cpu", **kw), "x")
+        chosen = [p["chosen"] for p in res["pairs"]]
+        return res, np.array(chosen + [p["rejected"] for p in res["pairs"]])
+
+    default, s_default = scores()
+    _, s_explicit = scores(system_prompt="You are terse.")
+    _, s_none = scores(system_prompt="")
+    other, s_other = scores(system_prompt="Answer in French.")
+    np.testing.assert_array_equal(s_default, s_explicit)
+    assert not np.allclose(s_default, s_none, atol=1e-4)
+    want = np.concatenate(_manual_scores(terse_rm, recs, "You are terse."))
+    np.testing.assert_allclose(s_default, want, atol=1e-5)
+    # an explicit setting wins over the model's run_config.json
+    want = np.concatenate(_manual_scores(terse_rm, recs, "Answer in French."))
+    np.testing.assert_allclose(s_other, want, atol=1e-5)
+    np.testing.assert_allclose(
+        s_none, np.concatenate(_manual_scores(terse_rm, recs, None)), atol=1e-5
+    )
+    fmt = default["settings"]["chat_format"]
+    assert fmt["system_prompt"] == "You are terse."
+    assert fmt["system_prompt_source"].endswith("run_config.json")
+    assert fmt["chat_template_is_rmflow_default"] is True
+    assert other["settings"]["chat_format"]["system_prompt_source"] == "config"
 
 
 def test_cli_writes_json_from_spec_or_plain_path(random_rm, domain_data, tmp_path):

@@ -1,9 +1,12 @@
 import dataclasses
+import json
+import shutil
 
 import pytest
 import torch
 
 from pipelines.build_prefs import BuildPrefsConfig, build_prefs
+from pipelines.common.chat_format import CHAT_TEMPLATE
 from pipelines.common.io import read_jsonl
 from pipelines.common.modeling import (
     TinyArch,
@@ -24,6 +27,8 @@ from pipelines.generate_candidates import (
     main,
     sample_texts,
 )
+
+from .bos_tokenizers import save_bos_tokenizer
 
 ARCH = TinyArch(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
@@ -210,6 +215,80 @@ def test_left_padded_batch_matches_single_prompts(world):
     assert len({t[0] for t in batched}) > 1  # the replies depend on the prompt
 
 
+def test_long_prompts_are_cut_on_the_left_keeping_bos(world, tmp_path):
+    records = read_pairs(world["pairs"]["math"])
+    texts = [m["content"] for r in records for m in r["chosen"]]
+    tok = load_tokenizer(save_bos_tokenizer(texts, tmp_path / "tok"))
+    prompts = [r["prompt"] for r in records]
+    full, cut = encode_prompts(tok, prompts, max_length=None)
+    assert cut == 0 and all(ids[0] == tok.bos_token_id for ids in full)
+    limit = min(len(ids) for ids in full) - 2
+    ids, cut = encode_prompts(tok, prompts, max_length=limit)
+    assert cut == len(prompts)
+    # the HF tokenizer's own left truncation of the same text (BOS string of
+    # the template removed; the tokenizer adds BOS itself)
+    tok.truncation_side = "left"
+    strip = [
+        tok.apply_chat_template(
+            p, tokenize=False, add_generation_prompt=True
+        ).removeprefix("<s>")
+        for p in prompts
+    ]
+    assert ids == tok(strip, truncation=True, max_length=limit)["input_ids"]
+    for got, whole in zip(ids, full, strict=True):
+        assert got[0] == tok.bos_token_id and got.count(tok.bos_token_id) == 1
+        assert got[1:] == whole[len(whole) - limit + 1 :]  # the prompt's end
+
+
+def test_policy_samples_with_its_recorded_system_prompt(world, tmp_path, monkeypatch):
+    policy = tmp_path / "policy"
+    shutil.copytree(world["policy"], policy)
+    record = {"chat_template": CHAT_TEMPLATE, "system_prompt": "Think step by step."}
+    (policy / "run_config.json").write_text(json.dumps({"chat_format": record}))
+    pairs = world["pairs"]["math"]
+    fed = []  # the prompt ids each run hands to the sampler
+
+    def spy(model, tok, prompt_ids, **kw):
+        fed.append([list(p) for p in prompt_ids])
+        return sample_texts(model, tok, prompt_ids, **kw)
+
+    monkeypatch.setattr("pipelines.generate_candidates.sample_texts", spy)
+
+    def run(name, **kw):
+        out = tmp_path / f"{name}.jsonl"
+        cfg = dataclasses.replace(SMALL, **kw)
+        generate_candidates(str(policy), pairs, out, seed=0, cfg=cfg, domain="math")
+        return read_jsonl(out), fed[-1]
+
+    default, ids_default = run("default")
+    explicit, ids_explicit = run("explicit", system_prompt="Think step by step.")
+    none, ids_none = run("none", system_prompt="")
+    other, ids_other = run("other", system_prompt="Be wrong.")
+    tok = load_tokenizer(world["policy"])
+
+    def hf_ids(system):  # the template through the HF tokenizer, by hand
+        head = [{"role": "system", "content": system}] if system else []
+        texts = [
+            tok.apply_chat_template(
+                head + r["prompt"], tokenize=False, add_generation_prompt=True
+            )
+            for r in read_pairs(pairs)[:3]
+        ]
+        return tok(texts)["input_ids"]
+
+    assert ids_default == ids_explicit == hf_ids("Think step by step.")
+    assert ids_none == hf_ids(None) and ids_other == hf_ids("Be wrong.")
+    assert texts_of(default) == texts_of(explicit)
+    fmt = default[0]["chat_format"]
+    assert fmt["system_prompt"] == "Think step by step."
+    assert fmt["system_prompt_source"] == str(policy / "run_config.json")
+    assert none[0]["chat_format"]["system_prompt"] is None
+    assert other[0]["chat_format"]["system_prompt_source"] == "config"
+    # the recorded prompt stays the record's own turns: scorers add their own
+    assert all(ln["prompt"] == d["prompt"] for ln, d in zip(none, default, strict=True))
+    assert not any(m["role"] == "system" for m in default[0]["prompt"])
+
+
 def test_code_adds_reference_and_mutant(world):
     out = world["root"] / "code.jsonl"
     cfg = dataclasses.replace(SMALL, n_prompts=2, big_n=2)
@@ -268,6 +347,8 @@ def test_gold_model_scores(world, math_run):
     got = [c["gold"] for ln in lines for c in ln["candidates"]]
     assert got == pytest.approx(expected, abs=1e-5)
     assert len(set(got)) > 1
+    assert lines[0]["gold_chat_format"]["system_prompt"] is None
+    assert lines[0]["gold_chat_format"]["chat_template_is_rmflow_default"] is True
 
 
 def test_domain_without_verifier_fails_before_sampling(world, tmp_path):

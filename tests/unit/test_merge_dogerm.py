@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from pipelines.common.chat_format import CHAT_TEMPLATE
 from pipelines.common.modeling import (
     TinyArch,
     encode_conversations,
@@ -21,6 +23,7 @@ from pipelines.common.modeling import (
     train_tokenizer,
 )
 from pipelines.merge_dogerm import MergeConfig, main, merge_dogerm
+from pipelines.score_candidates import ScoreConfig, load_scorer, score_conversations
 
 ARCH = TinyArch(
     hidden_size=32,
@@ -235,6 +238,41 @@ def test_cli_merge(models, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["merge", "--help"])
     assert exc.value.code == 0
+
+
+def test_merge_inherits_the_rms_chat_format(models, tmp_path):
+    """A merge is scored with the system prompt its RM was trained with, by
+    default, whatever its folder is called (DogeRM chose by path text)."""
+    rm = tmp_path / "rm-general-seed0"
+    shutil.copytree(models["rm"], rm)
+    record = {"chat_template": CHAT_TEMPLATE, "system_prompt": "Be helpful."}
+    (rm / "run_config.json").write_text(json.dumps({"chat_format": record}))
+    out = tmp_path / "merged" / "w0"
+    summary = merge_dogerm(
+        str(rm), str(models["lm"]), out, cfg=MergeConfig(rm_weight=1.0, lm_weight=0.0)
+    )
+    run = json.loads((out / "run_config.json").read_text())
+    assert run["chat_format"]["system_prompt"] == "Be helpful."
+    assert run["chat_format"]["chat_template"] == CHAT_TEMPLATE
+    assert run["chat_format"]["system_prompt_source"] == str(rm / "run_config.json")
+    assert summary["chat_format"]["system_prompt"] == "Be helpful."
+    assert run["merge"]["rm"] == str(rm)
+
+    def scores(model, **kw):
+        cfg = ScoreConfig(device="cpu", **kw)
+        scorer = load_scorer(str(model), cfg)
+        return score_conversations(scorer, CONVS, cfg=cfg)[0]
+
+    np.testing.assert_allclose(scores(out), scores(rm), atol=1e-5)  # w = 0
+    np.testing.assert_allclose(
+        scores(out), scores(models["rm"], system_prompt="Be helpful."), atol=1e-5
+    )
+    assert not np.allclose(scores(out), scores(out, system_prompt=""), atol=1e-4)
+    # an RM without a record: the merge records none and scores like the RM
+    plain = tmp_path / "plain"
+    merge_dogerm(str(models["rm"]), str(models["lm"]), plain, cfg=MergeConfig())
+    assert json.loads((plain / "run_config.json").read_text())["chat_format"] is None
+    assert load_scorer(str(plain), ScoreConfig()).chat_format.system_prompt is None
 
 
 def _to_hub_cache(cache: Path, repo_id: str, folder: Path) -> None:

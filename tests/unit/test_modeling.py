@@ -12,6 +12,7 @@ from pipelines.common.modeling import (
     EOS,
     PAD,
     ROLE_TOKENS,
+    SpecialFrame,
     TinyArch,
     encode_conversations,
     ensure_pad_embeddings,
@@ -20,9 +21,13 @@ from pipelines.common.modeling import (
     load_tokenizer,
     pad_batch,
     score_ids,
+    special_frame,
     train_tokenizer,
+    truncate_ids,
 )
 from pipelines.common.records import read_pairs
+
+from .bos_tokenizers import KINDS, save_bos_tokenizer
 
 ARCH = TinyArch(num_hidden_layers=2)
 
@@ -216,6 +221,113 @@ def test_truncation_sides_and_counts(tok, convs, ids):
             assert lcut == rcut == full
     with pytest.raises(ValueError, match="truncation_side"):
         encode_conversations(tok, convs, max_length=limit, truncation_side="middle")
+
+
+def test_tiny_tokenizer_ids_are_unchanged_by_special_token_truncation(tok, convs):
+    """The tiny tokenizer adds no special token, so keeping the special prefix
+    and suffix must leave its ids exactly as plain slicing gave them (the tiny
+    study's numbers do not move)."""
+    assert special_frame(tok) == SpecialFrame()
+    assert (
+        tok("a b c")["input_ids"] == tok("a b c", add_special_tokens=False)["input_ids"]
+    )
+    texts = [tok.apply_chat_template(c, tokenize=False) for c in convs]
+    plain = tok(texts)["input_ids"]
+    for limit in (5, 17, 40, max(len(p) for p in plain)):
+        for side in ("left", "right"):
+            got = encode_conversations(
+                tok, convs, max_length=limit, truncation_side=side
+            ).ids
+            # what main did before: ids[-n:] / ids[:n] of the tokenizer's output
+            want = [p[-limit:] if side == "left" else p[:limit] for p in plain]
+            assert got == want
+
+
+# ------------------------------------------------ a BOS-adding tokenizer (Llama)
+@pytest.fixture(scope="module", params=KINDS)
+def bos_tok(request, pairs, tmp_path_factory):
+    """A BPE that adds BOS (bos_eos: and EOS), reloaded as a hub model would be."""
+    path = tmp_path_factory.mktemp(f"bos_{request.param}")
+    save_bos_tokenizer(corpus(pairs), path, kind=request.param)
+    loaded = load_tokenizer(path)  # adds <|pad|>, keeps the post-processor
+    assert loaded("hello")["input_ids"][0] == loaded.bos_token_id
+    return request.param, loaded
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_truncation_keeps_bos_like_the_hf_tokenizer(bos_tok, convs, side):
+    kind, tok = bos_tok
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    # the text as the template renders it, its BOS string removed (the
+    # tokenizer adds BOS itself)
+    texts = [tok.apply_chat_template(c, tokenize=False)[len("<s>") :] for c in convs]
+    full = tok(texts)["input_ids"]
+    assert all(ids[0] == bos and ids[1] != bos for ids in full)  # one BOS
+    limit = sorted(len(ids) for ids in full)[len(full) // 3]
+    n_over = sum(len(ids) > limit for ids in full)
+    assert n_over > len(full) // 2
+    enc = encode_conversations(tok, convs, max_length=limit, truncation_side=side)
+    tok.truncation_side = side
+    try:  # the independent computation: the HF tokenizer's own truncation
+        want = tok(texts, truncation=True, max_length=limit)["input_ids"]
+    finally:
+        tok.truncation_side = "left"
+    assert enc.ids == want
+    assert enc.truncated == n_over == sum(enc.cut)
+    for got, ids in zip(enc.ids, full, strict=True):
+        assert got[0] == bos and got.count(bos) == 1
+        if kind == "bos_eos":
+            assert got[-1] == eos  # the appended EOS survives too
+        if len(ids) > limit and side == "left":
+            assert got[-2:] == ids[-2:]  # the end of the reply is kept
+    # what main did (ids[-n:]) would have lost BOS on every cut sequence
+    assert sum(ids[-limit:][0] != bos for ids in full if len(ids) > limit) == n_over
+
+
+def test_special_frame_of_bos_tokenizers(bos_tok):
+    kind, tok = bos_tok
+    frame = special_frame(tok)
+    assert frame.prefix == (tok.bos_token_id,)
+    assert frame.suffix == ((tok.eos_token_id,) if kind == "bos_eos" else ())
+    assert frame.size == tok.num_special_tokens_to_add()
+
+
+def test_truncate_ids_by_hand():
+    frame = SpecialFrame(prefix=(1,), suffix=(2,))
+    seq = [1, 10, 11, 12, 13, 14, 2]
+    assert truncate_ids(seq, max_length=4, side="left", frame=frame) == [1, 13, 14, 2]
+    assert truncate_ids(seq, max_length=4, side="right", frame=frame) == [1, 10, 11, 2]
+    assert truncate_ids(seq, max_length=7, side="left", frame=frame) == seq
+    # aligned per-token lists (SFT labels) are cut at the same positions
+    labels = [-100, -100, 11, 12, 13, 14, 2]
+    assert truncate_ids(labels, max_length=5, side="left", frame=frame) == [
+        -100,
+        12,
+        13,
+        14,
+        2,
+    ]
+    assert truncate_ids(seq, max_length=3, side="left") == [13, 14, 2]  # no frame
+    with pytest.raises(ValueError, match="no room for content"):
+        truncate_ids(seq, max_length=2, side="left", frame=frame)
+    with pytest.raises(ValueError, match="truncation_side"):
+        truncate_ids(seq, max_length=4, side="up", frame=frame)
+
+
+def test_system_prompt_becomes_the_first_turn(tok, convs):
+    conv = [m for m in convs[0] if m["role"] != "system"]
+    with_sp = encode_conversations(
+        tok, [conv], max_length=1024, system_prompt="Be brief."
+    ).ids[0]
+    text = tok.apply_chat_template(
+        [{"role": "system", "content": "Be brief."}, *conv], tokenize=False
+    )
+    assert with_sp == tok(text)["input_ids"]
+    own = [{"role": "system", "content": "Own."}, *conv]
+    kept = encode_conversations(tok, [own], max_length=1024, system_prompt="X").ids[0]
+    assert kept == tok(tok.apply_chat_template(own, tokenize=False))["input_ids"]
+    none = encode_conversations(tok, [conv], max_length=1024, system_prompt="").ids
+    assert none == encode_conversations(tok, [conv], max_length=1024).ids
 
 
 def test_length_sorted_and_input_order_agree(rm, tok, ids):

@@ -1,10 +1,13 @@
+import hashlib
 import json
+import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
+from pipelines.common.chat_format import CHAT_TEMPLATE
 from pipelines.common.modeling import (
     TinyArch,
     chat_text,
@@ -83,7 +86,7 @@ def world(tmp_path_factory):
     }
 
 
-def one_by_one(rm_dir, lines, max_length):
+def one_by_one(rm_dir, lines, max_length, system_prompt=None):
     """Reference scores: each conversation alone, no padding, cut on the left."""
     tok = load_tokenizer(rm_dir)
     rm = load_reward_model(rm_dir).eval()
@@ -91,6 +94,8 @@ def one_by_one(rm_dir, lines, max_length):
     with torch.no_grad():
         for ln in lines:
             for conv in candidate_conversations(ln):
+                if system_prompt:
+                    conv = [{"role": "system", "content": system_prompt}, *conv]
                 ids = tok(chat_text(tok, conv))["input_ids"]
                 if len(ids) > max_length:
                     cut += 1
@@ -147,6 +152,39 @@ def test_length_sorted_equals_input_order(world):
     assert sorted_scores == pytest.approx(single, abs=1e-5)
     ref, _ = one_by_one(world["rm"], world["lines"], 1024)
     assert sorted_scores == pytest.approx(ref, abs=1e-5)
+
+
+def test_rm_is_scored_with_its_recorded_system_prompt(world, tmp_path):
+    rm = tmp_path / "rm"
+    shutil.copytree(world["rm"], rm)
+    record = {"chat_template": CHAT_TEMPLATE, "system_prompt": "Be brief."}
+    (rm / "run_config.json").write_text(json.dumps({"chat_format": record}))
+
+    def scores(name, **kw):
+        out = tmp_path / f"{name}.parquet"
+        cfg = ScoreConfig(batch_size=3, device="cpu", **kw)
+        summary = score_candidates(str(rm), world["gens"], out, cfg=cfg)
+        meta = json.loads(pq.read_schema(out).metadata[b"rmflow"])
+        assert meta["chat_format"] == summary["settings"]["chat_format"]
+        return [r["score"] for r in pq.read_table(out).to_pylist()], meta
+
+    default, meta = scores("default")
+    explicit, _ = scores("explicit", system_prompt="Be brief.")
+    none, meta_none = scores("none", system_prompt="")
+    assert default == explicit
+    assert default == pytest.approx(
+        one_by_one(world["rm"], world["lines"], 1024, "Be brief.")[0], abs=1e-5
+    )
+    assert none == pytest.approx(
+        one_by_one(world["rm"], world["lines"], 1024)[0], abs=1e-5
+    )
+    assert none != pytest.approx(default, abs=1e-4)
+    assert meta["model"] == str(rm)
+    assert meta["chat_format"]["system_prompt"] == "Be brief."
+    assert meta["chat_format"]["system_prompt_source"] == str(rm / "run_config.json")
+    sha = hashlib.sha256(CHAT_TEMPLATE.encode()).hexdigest()
+    assert meta["chat_format"]["chat_template_sha256"] == sha
+    assert meta_none["chat_format"]["system_prompt"] is None
 
 
 def test_cli_writes_parquet(world):

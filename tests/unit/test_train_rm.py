@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from pipelines.build_prefs import (
     BuildPrefsConfig,
     build_prefs,
 )
+from pipelines.common.chat_format import CHAT_TEMPLATE
 from pipelines.common.io import read_jsonl, write_jsonl
 from pipelines.common.modeling import (
     EOS,
@@ -49,6 +51,8 @@ from pipelines.train_rm import (
     train_rm,
 )
 from pipelines.train_sft import TrainSFTConfig, train_sft
+
+from .bos_tokenizers import save_bos_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 logger = logging.getLogger(__name__)
@@ -336,6 +340,141 @@ def test_over_length_pairs_are_counted_truncated_and_kept(
     assert re.search(
         rf"{expected} of {len(full_c)} pairs exceed max_length", caplog.text
     )
+
+
+def _hf_ids(tok, conv) -> list[int]:
+    """Ids straight from the HF tokenizer (template text, BOS string removed)."""
+    text = tok.apply_chat_template(conv, tokenize=False)
+    if tok.bos_token != tok.eos_token:
+        text = text.removeprefix(tok.bos_token)
+    return tok(text)["input_ids"]
+
+
+LONG = {0: ("chosen",), 3: ("chosen",), 5: ("rejected",), 7: ("chosen", "rejected")}
+
+
+def _long_pairs(data_dir: Path, tmp_path: Path) -> tuple[Path, list[dict]]:
+    """small.jsonl with replies lengthened on the sides named in LONG."""
+    recs = read_jsonl(data_dir / "small.jsonl")
+    for i, sides in LONG.items():
+        for side in sides:
+            recs[i][side][-1]["content"] += " and then some more words" * 30
+    path = tmp_path / "long.jsonl"
+    write_jsonl(path, recs)
+    return path, recs
+
+
+def test_over_length_drop_removes_long_pairs(data_dir, sft_base, tmp_path, caplog):
+    tok = load_tokenizer(sft_base)
+    path, recs = _long_pairs(data_dir, tmp_path)
+    lengths = [(len(_hf_ids(tok, r["chosen"])), len(_hf_ids(tok, r["rejected"])))
+               for r in recs]  # fmt: skip
+    limit = max(max(n) for i, n in enumerate(lengths) if i not in LONG) + 3
+    over = {i for i, n in enumerate(lengths) if max(n) > limit}
+    assert over == set(LONG)  # the hand-made long pairs, and only they
+    data = load_pair_data(
+        [path], tok, max_length=limit, truncation_side="left", over_length="drop"
+    )
+    kept = [i for i in range(len(recs)) if i not in over]
+    assert data.n_dropped == len(over) and data.n_truncated == 0
+    assert data.chosen == [_hf_ids(tok, recs[i]["chosen"]) for i in kept]
+    assert data.rejected == [_hf_ids(tok, recs[i]["rejected"]) for i in kept]
+    cut = load_pair_data([path], tok, max_length=limit, truncation_side="left")
+    assert (cut.n_dropped, cut.n_truncated, len(cut.chosen)) == (0, 4, len(recs))
+    assert (cut.n_truncated_chosen, cut.n_truncated_rejected) == (3, 2)
+
+    out = tmp_path / "rm"
+    cfg = replace(QUICK, max_length=limit, over_length="drop")
+    with caplog.at_level(logging.WARNING):
+        metrics = train_rm([path], str(sft_base), out, seed=0, cfg=cfg)
+    assert metrics["n_pairs"] == len(kept) and metrics["n_truncated"] == 0
+    assert metrics["n_dropped_over_length"] == len(over)
+    run = json.loads((out / "run_config.json").read_text())
+    assert run["n_dropped_over_length"] == len(over)
+    assert (
+        run["n_pairs_trained"] == len(kept) and run["config"]["over_length"] == "drop"
+    )
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["n_dropped_over_length"] == len(over)
+    assert f"{len(over)} of {len(recs)} pairs have a side over max_length" in (
+        caplog.text
+    )
+
+
+def test_over_length_drop_of_every_pair_fails_clearly(data_dir, sft_base):
+    tok = load_tokenizer(sft_base)
+    path = data_dir / "small.jsonl"
+    with pytest.raises(ValueError, match=r"removed all 24 pairs .* max_length 5 "):
+        load_pair_data(
+            [path], tok, max_length=5, truncation_side="left", over_length="drop"
+        )
+    with pytest.raises(ValueError, match="over_length"):
+        load_pair_data(
+            [path], tok, max_length=5, truncation_side="left", over_length="cut"
+        )
+    with pytest.raises(ValueError, match="over_length"):
+        fit_reward_model(
+            [path], str(sft_base), seed=0, cfg=replace(QUICK, over_length="cut")
+        )
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_pair_truncation_keeps_bos(data_dir, tmp_path, side):
+    recs = read_jsonl(data_dir / "small.jsonl")
+    texts = [m["content"] for r in recs for m in r["chosen"] + r["rejected"]]
+    tok = load_tokenizer(save_bos_tokenizer(texts, tmp_path / "tok"))
+    bos = tok.bos_token_id
+    data = load_pair_data(
+        [data_dir / "small.jsonl"], tok, max_length=24, truncation_side=side
+    )
+    assert data.n_truncated > 0
+    tok.truncation_side = side  # the HF tokenizer's own truncation
+    for key, got in (("chosen", data.chosen), ("rejected", data.rejected)):
+        strip = [
+            tok.apply_chat_template(r[key], tokenize=False).removeprefix("<s>")
+            for r in recs
+        ]
+        assert got == tok(strip, truncation=True, max_length=24)["input_ids"]
+    assert all(ids[0] == bos and ids.count(bos) == 1 for ids in data.chosen)
+
+
+def test_system_prompt_inherited_from_the_base_or_configured(
+    data_dir, sft_base, tmp_path
+):
+    """A base whose run_config.json records a system prompt trains with it by
+    default: the same weights as configuring it, others than configuring none."""
+    base = tmp_path / "base"
+    shutil.copytree(sft_base, base)
+    run = json.loads((base / "run_config.json").read_text())
+    run["chat_format"] = {"chat_template": CHAT_TEMPLATE, "system_prompt": "Be terse."}
+    (base / "run_config.json").write_text(json.dumps(run))
+    pairs = [data_dir / "small.jsonl"]
+    fits = {
+        "inherited": fit_reward_model(pairs, str(base), seed=0, cfg=QUICK),
+        "explicit": fit_reward_model(
+            pairs, str(sft_base), seed=0, cfg=replace(QUICK, system_prompt="Be terse.")
+        ),
+        "none": fit_reward_model(
+            pairs, str(base), seed=0, cfg=replace(QUICK, system_prompt="")
+        ),
+    }
+    w = {k: f.model.score.weight.detach() for k, f in fits.items()}
+    assert torch.equal(w["inherited"], w["explicit"])
+    assert not torch.equal(w["inherited"], w["none"])
+    fmt = fits["inherited"].run_config["chat_format"]
+    assert fmt["system_prompt"] == "Be terse."
+    assert fmt["system_prompt_source"] == str(base / "run_config.json")
+    assert fmt["chat_template"] == CHAT_TEMPLATE
+    assert fits["explicit"].run_config["chat_format"]["system_prompt_source"] == (
+        "config"
+    )
+    assert fits["none"].run_config["chat_format"]["system_prompt"] is None
+    # the saved RM records the format its scorers will inherit
+    out = tmp_path / "rm"
+    save_reward_model(fits["inherited"], out)
+    saved = json.loads((out / "run_config.json").read_text())["chat_format"]
+    assert saved["system_prompt"] == "Be terse."
+    assert AutoTokenizer.from_pretrained(out).chat_template == CHAT_TEMPLATE
 
 
 def test_checkpoint_dir_inside_out_is_refused(data_dir, sft_base, tmp_path):

@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipelines.build_prefs import BuildPrefsConfig, build_prefs
+from pipelines.common.chat_format import CHAT_TEMPLATE
 from pipelines.common.io import read_jsonl
 from pipelines.common.modeling import (
     EOS,
@@ -26,7 +27,10 @@ from pipelines.train_sft import (
     build_sft_examples,
     lm_loss_sum,
     train_sft,
+    truncate_examples,
 )
+
+from .bos_tokenizers import save_bos_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -172,6 +176,9 @@ def test_loss_decreases_and_folder_loads_with_auto_classes(scratch_run, sft_file
     assert run["seed"] == 0 and run["base"] is None
     assert run["config"]["learning_rate"] == TrainSFTConfig().learning_rate
     assert "torch" in run["versions"]
+    fmt = run["chat_format"]  # a tiny run: the tokenizer's template, no prompt
+    assert fmt["chat_template"] == CHAT_TEMPLATE and fmt["system_prompt"] is None
+    assert fmt["chat_template_source"] == "tokenizer"
     assert (out / "model.safetensors").is_file()
     assert not list(out.parent.glob(".scratch*"))  # no temp folder left
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -210,6 +217,77 @@ def test_continue_from_base(scratch_run, sft_file, tmp_path):
     assert any(not torch.equal(a[k], b[k]) for k in a)
     run = json.loads((out / "run_config.json").read_text())
     assert run["base"] == str(base) and run["tokenizer"] == str(base)
+    # the format is inherited from the base's run_config.json
+    assert run["chat_format"]["chat_template_source"] == str(base / "run_config.json")
+
+
+def test_system_prompt_is_a_masked_prompt_turn(tok_dir, sft_file):
+    tok = load_tokenizer(tok_dir)
+    convs = [r["messages"] for r in read_jsonl(sft_file)[:8]]
+    plain = build_sft_examples(tok, convs)
+    with_sp = build_sft_examples(tok, convs, system_prompt="Answer briefly.")
+    for conv, a, b in zip(convs, plain, with_sp, strict=True):
+        full = [{"role": "system", "content": "Answer briefly."}, *conv]
+        assert b.ids == tok(tok.apply_chat_template(full, tokenize=False))["input_ids"]
+        extra = len(b.ids) - len(a.ids)
+        assert extra > 0 and b.labels[:extra] == [IGNORE] * extra
+        assert b.labels[extra:] == a.labels  # the same reply tokens are trained
+        assert "Answer briefly." in _decode(tok, b.ids)
+
+
+def test_explicit_template_and_prompt_are_saved_and_inherited(
+    sft_file, tok_dir, tmp_path
+):
+    template = tmp_path / "chat.jinja"
+    text = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|endoftext|>"
+    text += "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    template.write_text(text)
+    first = tmp_path / "first"
+    cfg = TrainSFTConfig(
+        max_steps=1,
+        batch_size=4,
+        device="cpu",
+        chat_template=str(template),
+        system_prompt="Answer briefly.",
+    )
+    train_sft([sft_file], first, base=None, tokenizer=str(tok_dir), seed=0, cfg=cfg)
+    assert AutoTokenizer.from_pretrained(first).chat_template == text
+    fmt = json.loads((first / "run_config.json").read_text())["chat_format"]
+    assert fmt["chat_template"] == text and fmt["system_prompt"] == "Answer briefly."
+    assert fmt["chat_template_source"] == fmt["system_prompt_source"] == "config"
+    assert fmt["chat_template_is_rmflow_default"] is False
+    second = tmp_path / "second"
+    cfg = TrainSFTConfig(max_steps=1, batch_size=4, device="cpu")
+    train_sft([sft_file], second, base=str(first), tokenizer=None, seed=0, cfg=cfg)
+    fmt = json.loads((second / "run_config.json").read_text())["chat_format"]
+    assert fmt["chat_template"] == text and fmt["system_prompt"] == "Answer briefly."
+    assert fmt["system_prompt_source"] == str(first / "run_config.json")
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_truncation_keeps_bos_and_aligns_labels(sft_file, tmp_path, side):
+    recs = read_jsonl(sft_file)[:12]
+    texts = [m["content"] for r in recs for m in r["messages"]]
+    tok = load_tokenizer(save_bos_tokenizer(texts, tmp_path / "tok"))
+    convs = [r["messages"] for r in recs]
+    examples = build_sft_examples(tok, convs)
+    limit = sorted(len(e.ids) for e in examples)[3]
+    cut = truncate_examples(tok, examples, max_length=limit, side=side)
+    tok.truncation_side = side  # the HF tokenizer's own truncation
+    strip = [
+        tok.apply_chat_template(c, tokenize=False).removeprefix("<s>") for c in convs
+    ]
+    assert [e.ids for e in cut] == tok(strip, truncation=True, max_length=limit)[
+        "input_ids"
+    ]
+    for ex, whole in zip(cut, examples, strict=True):
+        assert ex.ids[0] == tok.bos_token_id and ex.labels[0] == IGNORE
+        assert len(ex.labels) == len(ex.ids) == min(limit, len(whole.ids))
+        assert all(
+            lab in (IGNORE, tid) for lab, tid in zip(ex.labels, ex.ids, strict=True)
+        )
+        if side == "left" and len(whole.ids) > limit:
+            assert ex.labels[-5:] == whole.labels[-5:]  # the reply's end is kept
 
 
 def test_needs_base_or_tokenizer(sft_file, tmp_path):
