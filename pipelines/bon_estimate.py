@@ -35,7 +35,12 @@ import numpy as np
 import pandas as pd
 
 from pipelines.common.bon import AGGREGATES, TIE_RULE, combine, estimate
-from pipelines.common.cli import add_dataclass_args, dataclass_from_args, field_help
+from pipelines.common.cli import (
+    add_dataclass_args,
+    dataclass_from_args,
+    field_help,
+    handle_user_errors,
+)
 from pipelines.common.io import write_json
 from pipelines.common.logs import log_run_header, setup_logging
 
@@ -366,6 +371,7 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@handle_user_errors
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI."""
     args = make_parser().parse_args(argv)

@@ -60,7 +60,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipelines.common import rewardbench
-from pipelines.common.cli import add_dataclass_args, dataclass_from_args, field_help
+from pipelines.common.cli import (
+    add_dataclass_args,
+    dataclass_from_args,
+    field_help,
+    handle_user_errors,
+)
 from pipelines.common.io import write_json
 from pipelines.common.logs import log_run_header, setup_logging
 from pipelines.common.rewardbench_results import (
@@ -478,6 +483,7 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@handle_user_errors
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI."""
     args = make_parser().parse_args(argv)

@@ -41,7 +41,12 @@ from pipelines.common.benchmarks import (
     load_benchmark,
 )
 from pipelines.common.chat_format import setup_chat_format
-from pipelines.common.cli import add_dataclass_args, dataclass_from_args, field_help
+from pipelines.common.cli import (
+    add_dataclass_args,
+    dataclass_from_args,
+    field_help,
+    handle_user_errors,
+)
 from pipelines.common.io import write_json
 from pipelines.common.logs import library_versions, log_run_header, setup_logging
 from pipelines.common.modeling import (
@@ -450,6 +455,7 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@handle_user_errors
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI."""
     args = make_parser().parse_args(argv)

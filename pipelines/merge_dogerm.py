@@ -37,7 +37,12 @@ from pipelines.common.chat_format import (
     ChatFormat,
     recorded_chat_format,
 )
-from pipelines.common.cli import add_dataclass_args, dataclass_from_args, field_help
+from pipelines.common.cli import (
+    add_dataclass_args,
+    dataclass_from_args,
+    field_help,
+    handle_user_errors,
+)
 from pipelines.common.io import atomic_dir
 from pipelines.common.logs import log_run_header, setup_logging
 from pipelines.common.safetensors_shards import Checkpoint, ShardWriter
@@ -406,6 +411,7 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@handle_user_errors
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI."""
     args = make_parser().parse_args(argv)

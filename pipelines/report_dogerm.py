@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.bon_estimate import load_candidates, load_member_scores
+from pipelines.common.cli import handle_user_errors
 from pipelines.common.io import atomic_open, atomic_path
 from pipelines.common.logs import setup_logging
 
@@ -355,6 +356,7 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@handle_user_errors
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI."""
     args = make_parser().parse_args(argv)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines.common.cli import handle_user_errors
 from pipelines.common.io import atomic_open, atomic_path
 from pipelines.common.logs import setup_logging
 
@@ -236,6 +237,7 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@handle_user_errors
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI."""
     args = make_parser().parse_args(argv)

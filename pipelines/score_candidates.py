@@ -33,7 +33,12 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pipelines.common.chat_format import ChatFormat, setup_chat_format
-from pipelines.common.cli import add_dataclass_args, dataclass_from_args, field_help
+from pipelines.common.cli import (
+    add_dataclass_args,
+    dataclass_from_args,
+    field_help,
+    handle_user_errors,
+)
 from pipelines.common.io import atomic_path, read_jsonl
 from pipelines.common.logs import library_versions, log_run_header, setup_logging
 from pipelines.common.modeling import (
@@ -318,6 +323,7 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@handle_user_errors
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI."""
     args = make_parser().parse_args(argv)

@@ -39,7 +39,12 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
 from pipelines.common.chat_format import ChatFormat, setup_chat_format
-from pipelines.common.cli import add_dataclass_args, dataclass_from_args, field_help
+from pipelines.common.cli import (
+    add_dataclass_args,
+    dataclass_from_args,
+    field_help,
+    handle_user_errors,
+)
 from pipelines.common.io import read_jsonl
 from pipelines.common.logs import library_versions, log_run_header, setup_logging
 from pipelines.common.modeling import (
@@ -419,6 +424,7 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@handle_user_errors
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; exit code 143 after a SIGTERM checkpoint."""
     args = make_parser().parse_args(argv)

@@ -1,5 +1,9 @@
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,6 +90,7 @@ def flat(subset, chosen, rejected, i):
     }
 
 
+ROOT = Path(__file__).resolve().parents[2]
 CFG = EvalConfig(batch_size=4, device="cpu")
 
 
@@ -576,6 +581,28 @@ def test_bad_rows_name_file_row_field_and_leave_no_output(
     assert exc.value.row == 3
     assert exc.value.field == field
     assert f"bad.jsonl: row 3: field '{field}'" in str(exc.value)
+    assert not out.exists()
+
+
+def test_cli_bad_row_is_one_line_and_exit_2(oracle, tmp_path):
+    good = GOOD["standard"]
+    path = write_jsonl(tmp_path / "bad.jsonl", [good, {**good, "chosen": 5}])
+    out = tmp_path / "eval" / "bad.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run(
+        [sys.executable, "-m", "pipelines.eval_rm", "--model", oracle]
+        + ["--model-id", "m", "--benchmark-name", "b", "--benchmark", str(path)]
+        + ["--out", str(out), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert res.returncode == 2, res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "bad.jsonl: row 2: field 'chosen'" in last
+    assert "Traceback" not in res.stderr
     assert not out.exists()
 
 
