@@ -16,6 +16,23 @@ from pipelines.common.math_check import (
     normalize_answer,
 )
 
+
+@contextlib.contextmanager
+def _fails_after(seconds: float):
+    """Raise in the main thread after ``seconds`` (pure Python code only)."""
+
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 EQUIVALENT = [
     (r"\frac{3}{4}", "0.75"),
     (r"\frac{6}{8}", r"\frac{3}{4}"),
@@ -96,6 +113,24 @@ def test_extract_variants():
     assert extract_boxed(r"\boxed{}") == ""
     with pytest.raises(ValueError):
         extract_boxed("x", mode="other")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(["\\boxed{", "}", "{", "\n", "a", "\\"]), max_size=14))
+def test_regex_mode_is_the_papers_regex(parts):
+    import re
+
+    text = "".join(parts)
+    match = re.search(r"\\boxed{(.*?)}", text)  # RD211/eth-dl-rewards
+    assert extract_boxed(text, mode="regex") == (match.group(1) if match else None)
+
+
+def test_regex_mode_is_linear_on_unclosed_boxes():
+    text = "\\boxed{" * 200_000 + "\n" + r"\boxed{7}"
+    start = time.monotonic()
+    with _fails_after(20):  # the regex itself needs minutes here
+        assert extract_boxed(text, mode="regex") == "7"
+    assert time.monotonic() - start < 1.0
 
 
 def test_no_box_and_unclosed_box():
@@ -250,22 +285,6 @@ def test_space_dropping_matches_its_definition(s):
     from pipelines.common.math_check.normalize import _drop_spaces
 
     assert _drop_spaces(s) == _drop_spaces_oracle(s)
-
-
-@contextlib.contextmanager
-def _fails_after(seconds: float):
-    """Raise in the main thread after ``seconds`` (pure Python code only)."""
-
-    def on_alarm(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def test_normalising_a_megabyte_is_fast():

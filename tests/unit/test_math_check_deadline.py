@@ -115,6 +115,8 @@ HOSTILE = [
     ("response", "a " * (_MB // 2) + r"\boxed{1e1000000}", "1", False),
     ("response", r"\boxed{" + "{" * (_MB // 2) + "}" * (_MB // 2) + "}", "1", False),
     ("response", r"\boxed{" * (_MB // 7), "1", False),
+    ("response-regex", r"\boxed{" * (_MB // 7), "1", False),
+    ("response-regex", r"\boxed{" * (_MB // 7) + "\n" + r"\boxed{1}", "1", True),
 ]
 
 _TABLE_SCRIPT = r"""
@@ -131,8 +133,9 @@ def run(case):
     start = time.monotonic()
     if kind == "equiv":
         verdict = is_equiv(answer, reference, timeout_s=timeout_s)
-    else:
-        verdict = check_response(answer, reference)  # its default 2 s limit
+    else:  # its default 2 s limit
+        mode = "regex" if kind == "response-regex" else "balanced"
+        verdict = check_response(answer, reference, mode=mode)
     return verdict, time.monotonic() - start
 
 

@@ -17,6 +17,28 @@ _BOX_OPEN_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BRACE_OR_ESCAPE_RE = re.compile(r"\\.|[{}]", re.DOTALL)
 
 
+def _paper_boxed(text: str) -> str | None:
+    r"""What ``_PAPER_BOXED_RE.search(text).group(1)`` returns, in linear time.
+
+    The regex tries every ``\boxed{`` and scans each to the end of its line
+    when no ``}`` follows on it: quadratic on a long line of unclosed boxes.
+    A box whose line has no ``}`` after it fails, and so does every later box
+    on that line, so the search jumps to the next line.
+    """
+    opener = "\\boxed{"
+    start = text.find(opener)
+    while start != -1:
+        content = start + len(opener)
+        close = text.find("}", content)
+        newline = text.find("\n", content)
+        if close != -1 and (newline == -1 or close < newline):
+            return text[content:close]
+        if close == -1 or newline == -1:
+            return None
+        start = text.find(opener, newline + 1)
+    return None
+
+
 def extract_boxed(text: str, *, mode: str = "balanced") -> str | None:
     r"""Return the content of the first ``\boxed{...}`` in ``text``.
 
@@ -35,8 +57,7 @@ def extract_boxed(text: str, *, mode: str = "balanced") -> str | None:
         ValueError: on an unknown ``mode``.
     """
     if mode == "regex":
-        match = _PAPER_BOXED_RE.search(text)
-        return match.group(1) if match else None
+        return _paper_boxed(text)
     if mode != "balanced":
         raise ValueError(
             f"unknown extraction mode {mode!r} (expected one of {EXTRACTION_MODES})"
