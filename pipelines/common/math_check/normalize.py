@@ -33,10 +33,10 @@ _SPACE_RUN_RE = re.compile(r"(\\[A-Za-z]+)?\s+")
 
 
 def _drop_spaces(s: str) -> str:
-    """Remove whitespace, keeping one space where it ends a LaTeX command.
+    r"""Remove whitespace, keeping one space where it ends a LaTeX command.
 
-    One regex pass, linear in ``len(s)``: the space in ``\\pi r`` must stay
-    (``\\pir`` is another command), every other space goes.
+    One regex pass, linear in ``len(s)``: the space in ``\pi r`` must stay
+    (``\pir`` is another command), every other space goes.
     """
 
     def keep_command_space(match: re.Match[str]) -> str:

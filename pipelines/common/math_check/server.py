@@ -1,7 +1,8 @@
-"""The sympy server: forks compute children and kills those that run late.
+r"""The sympy server: forks compute children and kills those that run late.
 
-Started by :mod:`.worker` as ``python -m pipelines.common.math_check.server
-MAX_CHILDREN``; not meant to be run by hand. The server imports sympy and
+Started by :mod:`.worker`, which runs :func:`main` in a new interpreter
+(``python -m pipelines.common.math_check.server MAX_CHILDREN`` does the
+same); not meant to be run by hand. The server imports sympy and
 ``latex2sympy`` once, then never runs any mathematics itself, so it never
 hangs: every comparison runs in a compute child forked from it (a few
 milliseconds, the imports are already done), and a child still busy at its
@@ -10,7 +11,7 @@ replaced by a fresh fork.
 
 Protocol (JSON lines, server stdin/stdout):
 
-* request ``{"id": 7, "a": "\\\\sqrt{4}", "b": "2", "simplify": true,
+* request ``{"id": 7, "a": "\\sqrt{4}", "b": "2", "simplify": true,
   "budget": 2.0}``: compare two normalised answers within ``budget``
   seconds of its arrival (time spent queued for a free child included);
 * reply ``{"id": 7, "status": "ok", "verdict": true}``, or status
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 
 from pipelines.common.math_check import protocol
 
-CHILD_MEMORY_MB = 2048
+CHILD_MEMORY_MB = 1024
 """Address space a compute child may add to the server's before MemoryError."""
 
 _PR_SET_PDEATHSIG = 1

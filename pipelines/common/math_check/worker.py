@@ -87,18 +87,18 @@ class _Client:
     """The client end of one server process; thread-safe."""
 
     def __init__(self, max_children: int) -> None:
-        root = Path(__file__).resolve().parents[3]  # the folder holding pipelines/
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(root), env.get("PYTHONPATH", "")) if p
+        # This very copy of pipelines/, whatever the working directory holds.
+        root = str(Path(__file__).resolve().parents[3])
+        code = (
+            f"import sys; sys.path.insert(0, {root!r}); "
+            "from pipelines.common.math_check.server import main; "
+            "raise SystemExit(main())"
         )
-        command = [sys.executable, "-m", "pipelines.common.math_check.server"]
         self.proc = subprocess.Popen(
-            [*command, str(max_children)],
+            [sys.executable, "-c", code, str(max_children)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             bufsize=0,
-            env=env,
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._request_fd = self.proc.stdin.fileno()
