@@ -349,3 +349,34 @@ def test_a_forked_child_gets_its_own_server():
         wrong = pool.submit(is_equiv, r"\sqrt{8}", r"3\sqrt{2}", timeout_s=60)
         assert wrong.result(timeout=120) is False
     assert is_equiv(r"\sqrt{9}", "3", timeout_s=30)  # the parent's still works
+
+
+def _kill_server(worker) -> None:
+    client = worker._get_client()
+    os.kill(client.proc.pid, 9)
+    deadline = time.monotonic() + 10
+    while client.alive and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not client.alive
+
+
+def test_a_dead_server_is_replaced_then_given_up(monkeypatch, caplog):
+    from pipelines.common.math_check import worker
+
+    monkeypatch.setattr(worker, "_deaths", [])
+    monkeypatch.setattr(worker, "_unavailable_until", 0.0)
+    assert is_equiv(r"\sqrt{4}", "2", timeout_s=60)
+    starts = math_check.check_stats().get("server_starts", 0)
+    for _ in range(worker._MAX_DEATHS - 1):
+        _kill_server(worker)
+        assert is_equiv(r"\sqrt{8}", r"2\sqrt{2}", timeout_s=60)
+    assert "the sympy server died; starting another" in caplog.text
+    assert math_check.check_stats()["server_starts"] == starts + 2
+    # a third death within a minute: sympy runs in this process for a while,
+    # still with the right verdicts
+    _kill_server(worker)
+    in_process = math_check.check_stats().get("in_process", 0)
+    assert is_equiv(r"\sqrt{18}", r"3\sqrt{2}", timeout_s=60)
+    assert not is_equiv(r"\sqrt{18}", r"2\sqrt{2}", timeout_s=60)
+    assert math_check.check_stats()["in_process"] == in_process + 2
+    assert "died 3 times" in caplog.text

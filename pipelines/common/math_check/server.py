@@ -27,6 +27,7 @@ import collections
 import contextlib
 import ctypes
 import ctypes.util
+import logging
 import os
 import resource
 import select
@@ -36,6 +37,8 @@ import time
 from dataclasses import dataclass, field
 
 from pipelines.common.math_check import protocol
+
+log = logging.getLogger(__name__)
 
 CHILD_MEMORY_MB = 1024
 """Address space a compute child may add to the server's before MemoryError."""
@@ -117,7 +120,15 @@ class _Server:
             if idle is None:
                 if len(self.children) >= self.max_children:
                     return
-                idle = self._fork()
+                try:
+                    idle = self._fork()
+                except OSError as error:  # EAGAIN: the process limit
+                    if self.children:
+                        return  # a busy child will take it when it is done
+                    request, _ = self.queue.popleft()
+                    log.warning("math_check server: fork failed: %s", error)
+                    self._reply(request, "error", None)
+                    continue
             request, deadline = self.queue.popleft()
             idle.request, idle.deadline = request, deadline
             try:
@@ -153,7 +164,12 @@ class _Server:
         request_r, request_w = os.pipe()
         reply_r, reply_w = os.pipe()
         server_pid = os.getpid()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (request_r, request_w, reply_r, reply_w):
+                os.close(fd)
+            raise
         if pid == 0:  # the compute child
             status = 1
             try:

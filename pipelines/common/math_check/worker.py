@@ -46,6 +46,7 @@ START_TIMEOUT_S = 120.0
 
 _REPLY_GRACE_S = 0.3  # what the server may need after the deadline to say so
 _RETRY_AFTER_S = 60.0  # after a failed start, run in-process for this long
+_MAX_DEATHS = 3  # server deaths within _RETRY_AFTER_S before giving up a while
 
 _stats: collections.Counter[str] = collections.Counter()
 _stats_lock = threading.Lock()
@@ -194,6 +195,7 @@ class _Client:
 _client_lock = threading.Lock()
 _client: _Client | None = None
 _unavailable_until = 0.0
+_deaths: list[float] = []  # when the last servers died
 _orphans: list[_Client] = []  # a forked child's copies of its parent's client
 
 
@@ -204,9 +206,21 @@ def _get_client() -> _Client | None:
         if _client is not None and _client.alive:
             return _client
         if _client is not None:
-            log.warning("math checker: the sympy server died; starting a new one")
             _client.close()
             _client = None
+            now = time.monotonic()
+            _deaths[:] = [t for t in _deaths if now - t < _RETRY_AFTER_S] + [now]
+            if len(_deaths) >= _MAX_DEATHS:
+                _unavailable_until = now + _RETRY_AFTER_S
+                log.warning(
+                    "math checker: the sympy server died %d times in %.0f s;"
+                    " comparing in-process, without a hard deadline, for %.0f s",
+                    len(_deaths),
+                    _RETRY_AFTER_S,
+                    _RETRY_AFTER_S,
+                )
+            else:
+                log.warning("math checker: the sympy server died; starting another")
         if time.monotonic() < _unavailable_until:
             return None
         if not hasattr(os, "fork") or not hasattr(select, "poll"):
