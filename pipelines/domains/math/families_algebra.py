@@ -27,50 +27,60 @@ def _linear_equation(rng) -> Problem:
     b = rng.choice([n for n in range(-30, 31) if n])
     style = rng.randrange(3)
     if style == 1:
-        d = rng.choice([n for n in range(-9, 10) if n not in (0, a)])
-        e = rng.randint(-40, 40)
-        text = (
-            f"Solve for ${var}$: ${coef_term_tex(a, var)}{signed_tex(b)} = "
-            f"{coef_term_tex(d, var)}{signed_tex(e)}$."
-        )
-        coef, rhs = a - d, e - b
-        answer = Fraction(rhs, coef)
+        return _linear_both_sides(rng, var, a, b)
+    return _linear_one_side(rng, var, a, b, worded=style == 2)
 
-        def steps(k: int, r: int, final: Value | None, divide: str) -> list[str]:
-            out = [
-                f"Collect the ${var}$ terms on the left and the numbers on the "
-                f"right: ${coef_term_tex(k, var)} = {r}$."
-            ]
-            if final is not None:
-                out.append(f"{divide}: ${var} = {num_tex(final)}$.")
-            return out
 
-        div = f"Divide both sides by ${coef}$"
-        slips = [("forgot-step", steps(coef, rhs, None, div), Fraction(rhs))]
-        if a + d != 0:
-            slips.append(
-                (
-                    "sign-error",
-                    steps(
-                        a + d,
-                        rhs,
-                        Fraction(rhs, a + d),
-                        f"Divide both sides by ${a + d}$",
-                    ),
+def _linear_both_sides(rng, var: str, a: int, b: int) -> Problem:
+    """Solve ``ax + b = dx + e``."""
+    d = rng.choice([n for n in range(-9, 10) if n not in (0, a)])
+    e = rng.randint(-40, 40)
+    text = (
+        f"Solve for ${var}$: ${coef_term_tex(a, var)}{signed_tex(b)} = "
+        f"{coef_term_tex(d, var)}{signed_tex(e)}$."
+    )
+    coef, rhs = a - d, e - b
+    answer = Fraction(rhs, coef)
+
+    def steps(k: int, r: int, final: Value | None, divide: str) -> list[str]:
+        out = [
+            f"Collect the ${var}$ terms on the left and the numbers on the "
+            f"right: ${coef_term_tex(k, var)} = {r}$."
+        ]
+        if final is not None:
+            out.append(f"{divide}: ${var} = {num_tex(final)}$.")
+        return out
+
+    div = f"Divide both sides by ${coef}$"
+    slips = [("forgot-step", steps(coef, rhs, None, div), Fraction(rhs))]
+    if a + d != 0:
+        slips.append(
+            (
+                "sign-error",
+                steps(
+                    a + d,
+                    rhs,
                     Fraction(rhs, a + d),
-                )
+                    f"Divide both sides by ${a + d}$",
+                ),
+                Fraction(rhs, a + d),
             )
-        if rhs:
-            slips.append(
-                (
-                    "inverted-fraction",
-                    steps(coef, rhs, Fraction(coef, rhs), f"Divide by ${rhs}$"),
-                    Fraction(coef, rhs),
-                )
+        )
+    if rhs:
+        slips.append(
+            (
+                "inverted-fraction",
+                steps(coef, rhs, Fraction(coef, rhs), f"Divide by ${rhs}$"),
+                Fraction(coef, rhs),
             )
-        return Problem(text, answer, "frac", steps(coef, rhs, answer, div), slips, var)
+        )
+    return Problem(text, answer, "frac", steps(coef, rhs, answer, div), slips, var)
+
+
+def _linear_one_side(rng, var: str, a: int, b: int, *, worded: bool) -> Problem:
+    """Solve ``ax + b = c``, as an equation or as a worded number puzzle."""
     c = rng.randint(-60, 60)
-    if style == 2:
+    if worded:
         a, b, c = abs(a), abs(b), abs(c) + abs(b) // 2
         text = (
             f"When a number is multiplied by {a} and then {b} is added, the result "
@@ -189,65 +199,78 @@ def _expression(rng) -> Problem:
     var = rng.choice(VARS)
     style = rng.randrange(3)
     if style == 0:
-        a, c = rng.sample(range(2, 10), 2)
-        b, d = rng.randint(1, 12), rng.randint(1, 12)
-        text = f"Simplify ${a}({var} + {b}) - {c}({var} - {d})$."
-        answer = {1: a - c, 0: a * b + c * d}
-
-        def steps(first: str, second: str, result: dict[int, int]) -> list[str]:
-            return [
-                f"Distribute: ${a}({var} + {b}) = {first}$ and "
-                f"$-{c}({var} - {d}) = {second}$.",
-                f"Combine like terms: ${poly_tex(result, var)}$.",
-            ]
-
-        plus = f"{a}{var} + {a * b}"
-        good = steps(plus, f"-{c}{var} + {c * d}", answer)
-        slips = [
-            (
-                "sign-error",
-                steps(plus, f"-{c}{var} - {c * d}", {1: a - c, 0: a * b - c * d}),
-                {1: a - c, 0: a * b - c * d},
-            ),
-            (
-                "forgot-step",
-                steps(
-                    f"{a}{var} + {b}", f"-{c}{var} + {c * d}", {1: a - c, 0: b + c * d}
-                ),
-                {1: a - c, 0: b + c * d},
-            ),
-        ]
-        return Problem(text, answer, "expr", good, slips, var)
+        return _expression_distribute(rng, var)
     if style == 1:
-        p = rng.choice([n for n in range(-9, 10) if n])
-        q = rng.choice([n for n in range(-9, 10) if n])
-        text = f"Expand $({var}{signed_tex(p)})({var}{signed_tex(q)})$."
-        answer = {2: 1, 1: p + q, 0: p * q}
+        return _expression_expand(rng, var)
+    return _expression_collect(rng, var)
 
-        def foil(const: int) -> str:
-            return (
-                f"Multiply out: ${var}^2{signed_term_tex(q, var)}"
-                f"{signed_term_tex(p, var)}{signed_tex(const)}$."
-            )
 
-        def combine(result: dict[int, int]) -> str:
-            return f"Combine like terms: ${poly_tex(result, var)}$."
+def _expression_distribute(rng, var: str) -> Problem:
+    """Simplify ``a(x + b) - c(x - d)``."""
+    a, c = rng.sample(range(2, 10), 2)
+    b, d = rng.randint(1, 12), rng.randint(1, 12)
+    text = f"Simplify ${a}({var} + {b}) - {c}({var} - {d})$."
+    answer = {1: a - c, 0: a * b + c * d}
 
-        no_middle = {2: 1, 0: p * q}
-        flipped = {2: 1, 1: p + q, 0: -p * q}
-        slips = [
-            (
-                "forgot-step",
-                [
-                    f"Multiply the first terms and the last terms: "
-                    f"${poly_tex(no_middle, var)}$."
-                ],
-                no_middle,
-            ),
-            ("sign-error", [foil(-p * q), combine(flipped)], flipped),
+    def steps(first: str, second: str, result: dict[int, int]) -> list[str]:
+        return [
+            f"Distribute: ${a}({var} + {b}) = {first}$ and "
+            f"$-{c}({var} - {d}) = {second}$.",
+            f"Combine like terms: ${poly_tex(result, var)}$.",
         ]
-        good = [foil(p * q), combine(answer)]
-        return Problem(text, answer, "expr", good, slips, var)
+
+    plus = f"{a}{var} + {a * b}"
+    good = steps(plus, f"-{c}{var} + {c * d}", answer)
+    slips = [
+        (
+            "sign-error",
+            steps(plus, f"-{c}{var} - {c * d}", {1: a - c, 0: a * b - c * d}),
+            {1: a - c, 0: a * b - c * d},
+        ),
+        (
+            "forgot-step",
+            steps(f"{a}{var} + {b}", f"-{c}{var} + {c * d}", {1: a - c, 0: b + c * d}),
+            {1: a - c, 0: b + c * d},
+        ),
+    ]
+    return Problem(text, answer, "expr", good, slips, var)
+
+
+def _expression_expand(rng, var: str) -> Problem:
+    """Expand ``(x + p)(x + q)``."""
+    p = rng.choice([n for n in range(-9, 10) if n])
+    q = rng.choice([n for n in range(-9, 10) if n])
+    text = f"Expand $({var}{signed_tex(p)})({var}{signed_tex(q)})$."
+    answer = {2: 1, 1: p + q, 0: p * q}
+
+    def foil(const: int) -> str:
+        return (
+            f"Multiply out: ${var}^2{signed_term_tex(q, var)}"
+            f"{signed_term_tex(p, var)}{signed_tex(const)}$."
+        )
+
+    def combine(result: dict[int, int]) -> str:
+        return f"Combine like terms: ${poly_tex(result, var)}$."
+
+    no_middle = {2: 1, 0: p * q}
+    flipped = {2: 1, 1: p + q, 0: -p * q}
+    slips = [
+        (
+            "forgot-step",
+            [
+                f"Multiply the first terms and the last terms: "
+                f"${poly_tex(no_middle, var)}$."
+            ],
+            no_middle,
+        ),
+        ("sign-error", [foil(-p * q), combine(flipped)], flipped),
+    ]
+    good = [foil(p * q), combine(answer)]
+    return Problem(text, answer, "expr", good, slips, var)
+
+
+def _expression_collect(rng, var: str) -> Problem:
+    """Simplify ``ax + b + cx - d``."""
     a, c = rng.randint(2, 15), rng.randint(2, 15)
     b, d = rng.randint(1, 30), rng.randint(1, 30)
     text = f"Simplify ${a}{var} + {b} + {c}{var} - {d}$."

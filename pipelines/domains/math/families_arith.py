@@ -146,6 +146,15 @@ def _fraction(rng) -> Problem:
         if x + y < 1:
             break
     style = rng.randrange(3)
+    if style == 2:
+        return _fraction_of_fraction(name, other, food, x, y)
+    return _fraction_sum(name, other, food, x, y, left=style == 1)
+
+
+def _fraction_sum(
+    name: str, other: str, food: str, x: Fraction, y: Fraction, *, left: bool
+) -> Problem:
+    """Two people eat ``x`` and ``y`` of a food: how much together, or left."""
     fx, fy = frac_tex(x), frac_tex(y)
     common = x.denominator * y.denominator
     ux = x.numerator * y.denominator
@@ -162,7 +171,7 @@ def _fraction(rng) -> Problem:
         rf"\frac{{{x.numerator + y.numerator}}}{{{x.denominator + y.denominator}}}"
         f" = {frac_tex(across)}$."
     )
-    if style == 0:
+    if not left:
         text = (
             f"{name} ate ${fx}$ of a {food} and {other} ate ${fy}$ of it. What "
             f"fraction of the {food} did they eat altogether?"
@@ -177,7 +186,7 @@ def _fraction(rng) -> Problem:
                 1 / s,
             ),
         ]
-    elif style == 1:
+    else:
         text = (
             f"{name} ate ${fx}$ of a {food} and {other} ate ${fy}$ of it. What "
             f"fraction of the {food} is left?"
@@ -197,31 +206,38 @@ def _fraction(rng) -> Problem:
                 1 - across,
             ),
         ]
-    else:
-        text = (
-            f"{name} had ${fx}$ of a {food} and gave ${fy}$ of that piece to "
-            f"{other}. What fraction of the whole {food} did {other} get?"
-        )
-        answer = x * y
-        good = [
-            f"We need ${fy}$ of ${fx}$, that is ${fy} \\times {fx}"
-            f" = {frac_tex(x * y)}$."
-        ]
-        slips = [
-            (
-                "wrong-operation",
-                [f"We need ${fy}$ of ${fx}$, that is ${fy} + {fx} = {frac_tex(s)}$."],
-                s,
-            ),
-            (
-                "inverted-fraction",
-                [
-                    f"We need ${fy}$ of ${fx}$, that is ${fx} \\div {fy} = "
-                    f"{frac_tex(x / y)}$."
-                ],
-                x / y,
-            ),
-        ]
+    return Problem(text, answer, "frac", good, slips)
+
+
+def _fraction_of_fraction(
+    name: str, other: str, food: str, x: Fraction, y: Fraction
+) -> Problem:
+    """Someone gives away ``y`` of a piece that is ``x`` of a food."""
+    fx, fy = frac_tex(x), frac_tex(y)
+    s = x + y
+    text = (
+        f"{name} had ${fx}$ of a {food} and gave ${fy}$ of that piece to "
+        f"{other}. What fraction of the whole {food} did {other} get?"
+    )
+    answer = x * y
+    good = [
+        f"We need ${fy}$ of ${fx}$, that is ${fy} \\times {fx} = {frac_tex(x * y)}$."
+    ]
+    slips = [
+        (
+            "wrong-operation",
+            [f"We need ${fy}$ of ${fx}$, that is ${fy} + {fx} = {frac_tex(s)}$."],
+            s,
+        ),
+        (
+            "inverted-fraction",
+            [
+                f"We need ${fy}$ of ${fx}$, that is ${fx} \\div {fy} = "
+                f"{frac_tex(x / y)}$."
+            ],
+            x / y,
+        ),
+    ]
     return Problem(text, answer, "frac", good, slips)
 
 
