@@ -145,3 +145,108 @@ def test_generation_speed():
     splits, _ = math_domain.generate({"train": 1000}, 0, seed=7)
     assert len(splits["train"]) == 1000
     assert time.monotonic() - start < 5.0
+
+
+# --------------------------------------------------------------------------
+# Answer extraction mode (ALGORITHMS.md 6.1)
+# --------------------------------------------------------------------------
+
+
+def test_extraction_modes_give_different_verdicts_on_a_nested_box():
+    task = {"reference": "1/2"}
+    response = r"Half of it is left, so the answer is $\boxed{\frac{1}{2}}$."
+    # balanced reads \frac{1}{2} = 1/2; the paper's regex reads "\frac{1",
+    # which does not parse: incorrect
+    assert math_domain.verify_many([(task, response)]) == [True]
+    assert math_domain.verify_many([(task, response)], mode="balanced") == [True]
+    assert math_domain.verify_many([(task, response)], mode="regex") == [False]
+
+
+def test_regex_mode_cuts_the_reference_like_the_paper():
+    # The paper cuts response and reference solution at their first "}": two
+    # fractions with the same numerator then look equal, as in its data.
+    task = {"reference": r"\frac{3}{4}"}
+    same_numerator = r"So the answer is \boxed{\frac{3}{5}}."
+    assert math_domain.verify_many([(task, same_numerator)], mode="regex") == [True]
+    assert math_domain.verify_many([(task, same_numerator)]) == [False]
+    # both sides cut alike: the reference's own form still verifies
+    canonical = r"So the answer is \boxed{\frac{3}{4}}."
+    assert math_domain.verify_many([(task, canonical)], mode="regex") == [True]
+
+
+def test_format_ok_follows_the_mode():
+    unclosed = r"the answer is \boxed{\frac{1}{2}"
+    assert not math_domain.format_ok(unclosed)
+    assert math_domain.format_ok(unclosed, mode="regex")  # "\frac{1" matched
+    assert not math_domain.format_ok(r"\boxed{12", mode="regex")
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match="regexp"):
+        math_domain.verify_many([({"reference": "1"}, r"\boxed{1}")], mode="regexp")
+    with pytest.raises(ValueError, match="regexp"):
+        math_domain.generate({"train": 2}, 0, seed=0, mode="regexp")
+
+
+def test_generated_in_regex_mode_reverifies_in_regex_mode():
+    splits, sft = math_domain.generate(COUNTS, SFT, seed=0, mode="regex")
+    pairs = _all_pairs(splits)
+    for name, count in COUNTS.items():
+        assert len(splits[name]) == count
+    chosen = math_domain.verify_many([(d.task, d.chosen) for d in pairs], mode="regex")
+    rejected = math_domain.verify_many(
+        [(d.task, d.rejected) for d in pairs], mode="regex"
+    )
+    assert all(chosen) and not any(rejected)
+    assert all(
+        math_domain.verify_many([(d.task, d.response) for d in sft], mode="regex")
+    )
+    # no unreduced fraction survives: the regex reads \frac{6}{8} as "\frac{6",
+    # which is not the reference's "\frac{3"
+    assert not any(d.meta["answer_form"] == "unreduced" for d in pairs)
+    balanced, _ = math_domain.generate(COUNTS, SFT, seed=0)
+    assert any(d.meta["answer_form"] == "unreduced" for d in _all_pairs(balanced))
+
+
+# --------------------------------------------------------------------------
+# The checker's guards and deadline never touch the domain's own answers
+# --------------------------------------------------------------------------
+
+
+def test_guards_accept_every_generated_answer():
+    from pipelines.common.math_check import normalize_answer
+    from pipelines.common.math_check.guards import refusal
+
+    answers = set()
+    for seed in range(3):
+        splits, sft = math_domain.generate({"train": 400}, 100, seed=seed)
+        for d in _all_pairs(splits):
+            answers |= {d.task["reference"], extract_boxed(d.chosen)}
+            answers.add(extract_boxed(d.rejected))
+        answers |= {extract_boxed(d.response) for d in sft}
+    assert len(answers) > 500
+    refused = [a for a in answers if refusal(normalize_answer(a)) is not None]
+    assert refused == []
+
+
+def test_verification_of_generated_data_needs_no_sympy():
+    from pipelines.common.math_check import check_stats
+
+    splits, sft = math_domain.generate({"train": 1000, "test": 200}, 200, seed=3)
+    pairs = _all_pairs(splits)
+    items = [(d.task, r) for d in pairs for r in (d.chosen, d.rejected)]
+    before = check_stats()
+    verdicts = math_domain.verify_many(items)
+    assert verdicts == [True, False] * len(pairs)
+    after = check_stats()
+    for event in ("compared", "refused", "timed_out", "errors", "too_long"):
+        assert after.get(event, 0) == before.get(event, 0), event
+
+
+def test_refused_answers_are_counted_and_logged(caplog):
+    task = {"reference": "1"}
+    items = [(task, r"\boxed{1e1000000}"), (task, r"\boxed{1}"), (task, "2^{2^{40}}")]
+    with caplog.at_level("WARNING", logger="pipelines.domains.math"):
+        assert math_domain.verify_many(items) == [False, True, False]
+    assert "2 of 3 answers judged incorrect without a full check" in caplog.text
+    assert "'refused': 2" in caplog.text
