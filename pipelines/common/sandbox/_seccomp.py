@@ -254,7 +254,7 @@ def build_filter(arch: Arch) -> bytes:
             _insn(_BPF_JGE_K, 0, 1, _X32_SYSCALL_BIT),
             _insn(_BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS),
         ]
-    for name in DENIED:
+    for name in (name for name in DENIED if name in nr):  # iopl: x86 only
         prog += [
             _insn(_BPF_JEQ_K, 0, 1, nr[name]),
             _insn(_BPF_RET_K, 0, 0, _errno(errno.EPERM)),
