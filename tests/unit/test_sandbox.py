@@ -15,6 +15,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -32,6 +33,15 @@ from pipelines.common.sandbox import (
 
 IS_ROOT = os.geteuid() == 0
 FAST = SandboxLimits(wall_s=3, cpu_s=1)
+# .ci/run sets this: there every sandbox test must run, none may skip.
+NO_SKIP_ENV = "RMFLOW_SANDBOX_TESTS_NO_SKIP"
+
+
+def cannot_run(reason: str) -> NoReturn:
+    """Skip with ``reason``, or fail where skipping is not allowed (CI)."""
+    if os.environ.get(NO_SKIP_ENV) == "1":
+        pytest.fail(f"{reason} (and {NO_SKIP_ENV}=1 forbids skipping)")
+    cannot_run(reason)
 
 
 def backend_skip_reason(name: str) -> str | None:
@@ -58,7 +68,7 @@ def backend_name(request: pytest.FixtureRequest) -> str:
     """Select each backend in turn (skipped, with the probe's reason, if broken)."""
     reason = backend_skip_reason(request.param)
     if reason is not None:
-        pytest.skip(f"{request.param} backend unusable here: {reason}")
+        cannot_run(f"{request.param} backend unusable here: {reason}")
     sandbox.set_backend(request.param)
     return request.param
 
@@ -234,7 +244,7 @@ def test_infinite_loop_hits_cpu_limit(backend_name: str) -> None:
 
 def test_descendants_killed_on_timeout(backend_name: str, run_uids: list[int]) -> None:
     if not IS_ROOT:
-        pytest.skip("not root: runs share our uid, so leftovers cannot be told apart")
+        cannot_run("not root: runs share our uid, so leftovers cannot be told apart")
     code = (
         "import os, time\n"
         "if os.fork() == 0:\n"
@@ -256,7 +266,7 @@ def test_descendants_killed_when_program_exits(
     backend_name: str, run_uids: list[int]
 ) -> None:
     if not IS_ROOT:
-        pytest.skip("not root: runs share our uid, so leftovers cannot be told apart")
+        cannot_run("not root: runs share our uid, so leftovers cannot be told apart")
     code = (
         "import os, sys, time\n"
         "if os.fork() == 0:\n"
@@ -273,7 +283,7 @@ def test_descendants_killed_when_program_exits(
 
 def test_no_defunct_process_left(backend_name: str, run_uids: list[int]) -> None:
     if not IS_ROOT:
-        pytest.skip("not root: zombies of our runs cannot be told apart from ours")
+        cannot_run("not root: zombies of our runs cannot be told apart from ours")
     results = run_many(["print(1)"] * 4 + ["import os\nos.fork()\n"], limits=FAST)
     assert [r.status for r in results] == ["ok"] * 5, results
     assert len(run_uids) == 5
@@ -299,7 +309,7 @@ def test_fork_bomb_does_not_starve_concurrent_run(
     backend_name: str, run_uids: list[int]
 ) -> None:
     if not IS_ROOT:
-        pytest.skip("not root: all runs share our uid and its process budget")
+        cannot_run("not root: all runs share our uid and its process budget")
     persistent_bomb = (
         "import os, time\n"
         "while True:\n"
@@ -456,7 +466,7 @@ def test_bad_backend_names_the_source(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_auto_prefers_bwrap() -> None:
     reason = backend_skip_reason("bwrap")
     if reason is not None:
-        pytest.skip(f"bwrap backend unusable here: {reason}")
+        cannot_run(f"bwrap backend unusable here: {reason}")
     assert sandbox.backend() == "bwrap"
     assert run_python("print(1)", limits=FAST).backend == "bwrap"
 
@@ -466,7 +476,7 @@ def test_auto_without_bwrap_uses_landlock(
 ) -> None:
     reason = _select.landlock_kernel_problems()
     if reason:
-        pytest.skip(f"kernel lacks what the landlock backend needs: {reason}")
+        cannot_run(f"kernel lacks what the landlock backend needs: {reason}")
     with caplog.at_level(logging.INFO, logger="pipelines.common.sandbox"):
         assert sandbox.backend() == "landlock"
     assert any("not on PATH" in r.getMessage() for r in caplog.records)

@@ -15,6 +15,7 @@ expected failures, so the table documents the difference.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -34,6 +35,8 @@ from pathlib import Path
 import pytest
 
 from pipelines.common.sandbox import _select, _uids
+
+from .test_sandbox import cannot_run
 
 ROOT = Path(__file__).resolve().parents[2]
 IS_ROOT = os.geteuid() == 0
@@ -124,6 +127,23 @@ def _make_home(base: Path, uid: int, gid: int, venv_python: str) -> tuple[Path, 
     return home, secret
 
 
+def _new_test_uid() -> int:
+    return TEST_UID_BASE + random.SystemRandom().randrange(1 << 20)
+
+
+def _fresh_uid(actor: Actor) -> Actor:
+    """The same user home under a uid no earlier case used.
+
+    A case that lost (rlimit: the driver killed) can leave zombies of its uid
+    under a PID 1 that does not reap; a fresh uid keeps them out of this case.
+    """
+    uid = _new_test_uid()
+    for path in [actor.home, *actor.home.rglob("*")]:
+        os.lchown(path, uid, uid)
+    prefix = [actor.prefix[0], f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+    return dataclasses.replace(actor, uid=uid, gid=uid, prefix=prefix)
+
+
 @pytest.fixture(scope="module")
 def actors() -> Iterator[dict[str, Actor | str]]:
     """Both actors, or for each the reason it cannot run here."""
@@ -137,7 +157,7 @@ def actors() -> Iterator[dict[str, Actor | str]]:
         home, secret = _make_home(base, 0, 0, sys.executable)
         found["root"] = Actor("root", 0, 0, home, secret, sys.executable, stage)
         setpriv = shutil.which("setpriv")
-        uid = TEST_UID_BASE + random.SystemRandom().randrange(1 << 20)
+        uid = _new_test_uid()
         if setpriv is None:
             found["user"] = "setpriv (util-linux) is not installed"
         elif python is None:
@@ -213,7 +233,7 @@ def _run_driver(case: Case, code: str) -> None:
     lines = proc.stdout.strip().splitlines()
     reply = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
     if "unavailable" in reply:
-        pytest.skip(f"{case.result['backend']} unusable as {actor.name}: {reply}")
+        cannot_run(f"{case.result['backend']} unusable as {actor.name}: {reply}")
     case.result = reply.get("result", {})
     case.uids = reply.get("uids", [])
 
@@ -221,8 +241,8 @@ def _run_driver(case: Case, code: str) -> None:
 def _leftovers(case: Case) -> list[str]:
     """Processes of the run still on the host (zombies too)."""
     owners = set(case.uids)
-    if case.actor.name == "user":
-        owners.add(case.actor.uid)  # only the driver and its runs use this uid
+    if case.actor.name == "user" and IS_ROOT:
+        owners.add(case.actor.uid)  # a test uid: only this case's driver uses it
     needles = (str(case.tmp).encode(), case.token.encode())
     found = []
     for entry in os.listdir("/proc"):
@@ -436,7 +456,7 @@ def _cases() -> Iterator[object]:
 def test_attack(attack: str, backend: str, who: str, actors: dict) -> None:
     actor = actors[who]
     if isinstance(actor, str):
-        pytest.skip(actor)
+        cannot_run(actor)
     if backend != "rlimit":
         problems = (
             _select.bwrap_problems()
@@ -444,7 +464,9 @@ def test_attack(attack: str, backend: str, who: str, actors: dict) -> None:
             else _select.landlock_problems()
         )
         if problems:
-            pytest.skip(f"{backend} backend unusable here: {'; '.join(problems)}")
+            cannot_run(f"{backend} backend unusable here: {'; '.join(problems)}")
+    if who == "user" and IS_ROOT:
+        actor = _fresh_uid(actor)
     tmp = Path(tempfile.mkdtemp(prefix="rmflow-case-", dir=actor.stage.parent))
     shared = Path(tempfile.mkdtemp(prefix="rmflow-shared-", dir=actor.stage.parent))
     shared.chmod(0o1777)

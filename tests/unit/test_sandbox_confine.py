@@ -22,6 +22,8 @@ import pytest
 
 from pipelines.common.sandbox import _confine, _launch, _seccomp, _select
 
+from .test_sandbox import cannot_run
+
 PACKAGE_DIR = Path(_confine.__file__).parent
 HEADERS = {
     "x86_64": [
@@ -40,7 +42,7 @@ def _header_numbers(arch: str) -> dict[str, int]:
             text = path.read_text()
             pairs = re.findall(r"#define __NR_(\w+)\s+(\d+)\b", text)
             return {name: int(number) for name, number in pairs}
-    pytest.skip(f"{NEEDS_HEADERS}: none of {[str(p) for p in HEADERS[arch]]}")
+    cannot_run(f"{NEEDS_HEADERS}: none of {[str(p) for p in HEADERS[arch]]}")
 
 
 @pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
@@ -79,7 +81,7 @@ def test_filter_program_denies_each_listed_syscall(arch: str) -> None:
 
 def test_landlock_constants_match_kernel_header() -> None:
     if not LANDLOCK_HEADER.exists():
-        pytest.skip(f"{NEEDS_HEADERS}: {LANDLOCK_HEADER}")
+        cannot_run(f"{NEEDS_HEADERS}: {LANDLOCK_HEADER}")
     text = LANDLOCK_HEADER.read_text()
     found = dict(
         re.findall(r"#define LANDLOCK_ACCESS_FS_(\w+)\s+\(1ULL << (\d+)\)", text)
@@ -159,7 +161,7 @@ print(json.dumps(out))
 
 def _seccomp_probe(mode: str) -> dict[str, int]:
     if _seccomp.native_arch() is None:
-        pytest.skip("no seccomp table for this architecture")
+        cannot_run("no seccomp table for this architecture")
     proc = subprocess.run(
         [sys.executable, "-S", "-c", SECCOMP_PROBE, str(PACKAGE_DIR), mode],
         capture_output=True,
@@ -218,7 +220,7 @@ print("survived")
 
 def test_seccomp_kills_x32_syscalls() -> None:
     if _seccomp.native_arch() is None or _seccomp.native_arch().name != "x86_64":
-        pytest.skip("x32 numbers exist on x86_64 only")
+        cannot_run("x32 numbers exist on x86_64 only")
     base = [sys.executable, "-S", "-c", X32_PROBE, str(PACKAGE_DIR)]
     control = subprocess.run([*base, "none"], capture_output=True, text=True)
     assert control.stdout == "survived\n", control.stderr
@@ -265,7 +267,7 @@ print(json.dumps(out))
 def _landlock_probe(tmp_path: Path, confine: bool) -> dict[str, int]:
     problems = _select.landlock_kernel_problems()
     if problems:
-        pytest.skip(f"kernel lacks what the landlock backend needs: {problems}")
+        cannot_run(f"kernel lacks what the landlock backend needs: {problems}")
     work = tmp_path / "work"
     outside = tmp_path / "outside"
     work.mkdir(exist_ok=True)

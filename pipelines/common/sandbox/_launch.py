@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import marshal
 import os
 import resource
 import shutil
@@ -224,7 +225,7 @@ def supervisor_config(
         status_fd: descriptor the supervisor reports on.
 
     Returns:
-        A JSON-serialisable dict (see ``_supervisor.py``).
+        A dict of plain values, marshal-able (see ``_supervisor.py``).
     """
     # -s -B rather than -I: -I implies -E, which would drop PYTHONHASHSEED; the
     # environment is built from scratch, so -E would protect nothing.
@@ -256,4 +257,4 @@ def supervisor_config(
 def supervisor_command(config: dict[str, object]) -> list[str]:
     """The command that starts the supervisor on ``config``."""
     python = sys.executable or str(config["argv"][0])  # type: ignore[index]
-    return [python, "-E", "-s", "-S", "-B", SUPERVISOR, json.dumps(config)]
+    return [python, "-E", "-s", "-S", "-B", SUPERVISOR, marshal.dumps(config).hex()]

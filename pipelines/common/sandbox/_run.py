@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
+import marshal
 import os
 import selectors
 import signal
@@ -238,8 +238,8 @@ class _Watch:
         self.status_buf = bytearray(rest)
         for line in lines:
             try:
-                report = json.loads(line)
-            except ValueError:
+                report = marshal.loads(bytes.fromhex(line.decode("ascii")))
+            except (ValueError, EOFError, TypeError, UnicodeDecodeError):
                 logger.warning("unreadable sandbox status line: %r", line[:200])
                 continue
             if isinstance(report, dict):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import platform
+import os
 import struct
 
 if __package__:
@@ -213,7 +213,7 @@ DENIED = (
 
 def native_arch() -> Arch | None:
     """Return the seccomp identity of this machine, or None when unsupported."""
-    return ARCHES.get(platform.machine())
+    return ARCHES.get(os.uname().machine)
 
 
 # -------------------------------------------------------------------- seccomp

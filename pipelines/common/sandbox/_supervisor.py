@@ -1,8 +1,9 @@
 """Supervisor of one sandboxed run: confine a child, wait, leave nothing behind.
 
-Started by the sandbox as ``python -E -s -S -B _supervisor.py CONFIG_JSON`` with the
-caller's privileges (it imports only the standard library and its siblings
-``_confine`` and ``_seccomp``). It
+Started by the sandbox as ``python -E -s -S -B _supervisor.py CONFIG`` with the
+caller's privileges; CONFIG is the hex of a ``marshal``-ed dict (marshal needs no
+import, unlike json, and both ends run the same interpreter). It imports only the
+standard library and its siblings ``_confine`` and ``_seccomp``. It
 
 1. becomes a child subreaper (``PR_SET_CHILD_SUBREAPER``), so every orphaned
    descendant of the run, ``setsid``/double-fork ones included, is reparented
@@ -17,28 +18,27 @@ caller's privileges (it imports only the standard library and its siblings
    init included (bubblewrap exits without reaping it, which left a
    ``[bwrap] <defunct>`` under PID 1 before).
 
-It reports on the status descriptor named in the config, one JSON object per
-line: ``{"child": pid}`` once forked, ``{"setup_error": msg}`` when confining or
-executing failed, and finally ``{"exit": code}``, ``{"signal": n}`` or
-``{"stopped": signum}`` with ``"reaped"``, the number of other descendants it
-killed or reaped. It never writes to the program's stdout or stderr.
+It reports on the status descriptor named in the config, one hex-encoded
+``marshal``-ed dict per line: ``{"child": pid}`` once forked,
+``{"setup_error": msg}`` when confining or executing failed, and finally
+``{"exit": code}``, ``{"signal": n}`` or ``{"stopped": signum}`` with
+``"reaped"`` (other descendants it killed or reaped) and ``"complete"``. It never
+writes to the program's stdout or stderr.
 """
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
 import resource
 import signal
 import sys
 import time
-import traceback
 
 if __package__:
-    from . import _confine, _seccomp
-else:  # run as a script: the sibling modules are on sys.path[0]
+    from . import _confine
+else:  # run as a script: the sibling module is on sys.path[0]
     import _confine  # type: ignore[no-redef]
-    import _seccomp  # type: ignore[no-redef]
 
 _WATCHED = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 _KILL_ROUNDS_S = 5.0  # give up sweeping after this long (reported, never silent)
@@ -46,7 +46,7 @@ _SETUP_FAILED = 127
 
 
 def _report(fd: int, **fields: object) -> None:
-    data = (json.dumps(fields) + "\n").encode()
+    data = marshal.dumps(fields).hex().encode() + b"\n"
     try:
         os.write(fd, data)
     except OSError:
@@ -158,6 +158,11 @@ def _child(config: dict, status_fd: int, supervisor: int) -> None:
             os._exit(_SETUP_FAILED)
         landlock = config.get("landlock")
         if landlock is not None:
+            # Imported now: once Landlock applies, this directory is unreadable.
+            if __package__:
+                from . import _seccomp
+            else:
+                import _seccomp  # type: ignore[no-redef]
             step = "no_new_privs"
             _confine.prctl(_confine.PR_SET_NO_NEW_PRIVS, 1)
             step = "Landlock"
@@ -186,7 +191,7 @@ def _child(config: dict, status_fd: int, supervisor: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Run the supervisor on the JSON config in ``argv[1]``.
+    """Run the supervisor on the config in ``argv[1]``.
 
     Args:
         argv: ``sys.argv``.
@@ -194,7 +199,7 @@ def main(argv: list[str]) -> int:
     Returns:
         0 when it reported an outcome, 70 when it failed itself.
     """
-    config = json.loads(argv[1])
+    config = marshal.loads(bytes.fromhex(argv[1]))
     status_fd = config["status_fd"]
     os.set_inheritable(status_fd, False)  # the program never sees it
     try:
@@ -215,6 +220,8 @@ def main(argv: list[str]) -> int:
         _report(status_fd, reaped=reaped, complete=complete, **outcome)
         return 0
     except BaseException:  # noqa: BLE001 - the caller must learn why
+        import traceback
+
         _report(status_fd, error=traceback.format_exc(limit=5))
         return 70
 
