@@ -20,8 +20,9 @@ Backends and what each guarantees:
 * ``bwrap``: bubblewrap with every namespace unshared: no network (own network
   namespace), own pid namespace (cannot see or signal host processes), an
   allow-list filesystem (system directories and the interpreter's prefixes
-  read-only; a private ``/tmp``, ``/dev`` and ``/proc``; only the run's directory
-  writable; homes, ``/run``, ``/var``, ``/srv``, ``/mnt`` absent). Needs the
+  read-only; a private ``/dev``, ``/proc`` and size-capped ``/tmp``, ``/dev/shm``
+  (discarded with the run); only the run's directory writable on the host;
+  homes, ``/run``, ``/var``, ``/srv``, ``/mnt`` absent). Needs the
   ``bwrap`` executable and unprivileged user namespaces.
 * ``landlock``: needs no root, no namespaces and no extra package. The program
   runs under ``no_new_privs``, a Landlock domain and a seccomp filter

@@ -158,7 +158,10 @@ def bwrap_argv(workdir: str, roots: tuple[str, ...]) -> list[str]:
     sized = ["--size", str(TMPFS_BYTES)] if _bwrap_supports_size() else []
     argv += ["--dev", "/dev", "--proc", "/proc"]
     argv += [*sized, "--tmpfs", "/tmp", *sized, "--tmpfs", "/dev/shm"]
-    argv += ["--bind", workdir, workdir, "--chdir", workdir, "--"]
+    argv += ["--bind", workdir, workdir]
+    # bwrap's own root is a writable tmpfs (mount points for the binds above):
+    # read-only, so writes land only in the work dir and the capped tmpfses.
+    argv += ["--remount-ro", "/", "--chdir", workdir, "--"]
     return argv
 
 
