@@ -310,6 +310,8 @@ def _write_check(case: Case) -> None:
 
 def _read_code(case: Case) -> str:
     return (
+        "import sys\n"
+        "print('prefix', sys.prefix)\n"
         f"home, secret = {str(case.actor.home)!r}, {str(case.actor.secret)!r}\n"
         "try:\n"
         "    print(open(secret).read())\n"
@@ -323,6 +325,10 @@ def _read_check(case: Case) -> None:
     secret = case.actor.secret.read_text()
     assert secret not in case.result["stdout"] + case.result["stderr"]
     assert "refused" in case.result["stdout"]
+    if case.actor.name == "user":
+        # The program's own interpreter lives under that same home (a venv).
+        venv = str(case.actor.home / "venv")
+        assert case.result["stdout"].startswith(f"prefix {venv}\n"), case.result
 
 
 def _tcp_code(case: Case) -> str:
