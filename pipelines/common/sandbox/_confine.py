@@ -188,7 +188,8 @@ def apply_landlock(
         devices: device files to allow read/write/truncate on.
 
     Raises:
-        ConfineError: a step failed; paths that do not exist are skipped.
+        ConfineError: a step failed; paths that do not exist (or that this
+            process may not reach) are skipped: without a rule they stay denied.
     """
     fs = handled_fs(abi)
     attr = _RulesetAttr(
@@ -227,8 +228,8 @@ def apply_landlock(
 def _add_path_rule(ruleset: int, path: str, rights: int) -> None:
     try:
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return
+    except (FileNotFoundError, PermissionError):
+        return  # what cannot be reached needs no rule: it stays denied
     try:
         if not os.path.isdir(path):
             rights &= FILE_RIGHTS
