@@ -38,7 +38,16 @@ from pipelines.common.logs import add_logging_args, log_run_header, setup_loggin
 from pipelines.common.records import count_words
 from pipelines.common.seeding import rng_for
 from pipelines.common.sources import load_source
-from pipelines.domains import GENERATED_DOMAINS, PairDraft, SftDraft, domain_module
+from pipelines.domains import (
+    GENERATED_DOMAINS,
+    MATH_EXTRACTION,
+    PairDraft,
+    SftDraft,
+    VerifierOptions,
+    add_sandbox_arg,
+    domain_module,
+    verifier_record,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +103,12 @@ class BuildPrefsConfig:
         default=None,
     )
     workers: int = field_help("parallel verifier processes (0: all cores)", default=0)
+    math_extraction: str = field_help(
+        "math answers: 'balanced' (nested braces) or 'regex' (the paper's"
+        " \\boxed{(.*?)}, which stops at the first closing brace)",
+        choices=MATH_EXTRACTION,
+        default="balanced",
+    )
 
     def __post_init__(self) -> None:
         """Refuse values the schema would refuse, for hand-run CLIs.
@@ -149,13 +164,18 @@ def _attributes(correct: bool, reply: str, fmt_ok: bool) -> dict[str, float]:
 
 
 def _generated(
-    domain: str, splits: Sequence[str], cfg: BuildPrefsConfig, workers: int
+    domain: str,
+    splits: Sequence[str],
+    cfg: BuildPrefsConfig,
+    workers: int,
+    verifier: VerifierOptions,
 ) -> tuple[dict[str, list[dict]], list[dict]]:
     """Generate, inject spurious features, re-verify and build records."""
     module = domain_module(domain)
+    opts = verifier.kwargs(domain)
     counts = {s: cfg.sizes[s] for s in splits}
     drafts, sft_drafts = module.generate(
-        counts, cfg.sft_size, seed=cfg.seed, workers=workers
+        counts, cfg.sft_size, seed=cfg.seed, workers=workers, **opts
     )
     staged: list[tuple[str, PairDraft, str, dict]] = []
     for split in splits:
@@ -168,7 +188,8 @@ def _generated(
     items = [(d.task, chosen) for _, d, chosen, _ in staged]
     items += [(d.task, d.rejected) for _, d, _, _ in staged]
     items += [(s.task, s.response) for s in sft_drafts]
-    verdicts = module.verify_many(items, workers=workers)
+    verdicts = module.verify_many(items, workers=workers, **opts)
+    used = verifier_record(domain, verifier)
     n = len(staged)
     chosen_ok, rejected_ok, sft_ok = (
         verdicts[:n],
@@ -194,9 +215,11 @@ def _generated(
                 "chosen": _conversation(d.prompt, chosen),
                 "rejected": _conversation(d.prompt, d.rejected),
                 "attributes": {
-                    "chosen": _attributes(True, chosen, module.format_ok(chosen)),
+                    "chosen": _attributes(
+                        True, chosen, module.format_ok(chosen, **opts)
+                    ),
                     "rejected": _attributes(
-                        False, d.rejected, module.format_ok(d.rejected)
+                        False, d.rejected, module.format_ok(d.rejected, **opts)
                     ),
                 },
                 "metadata": {
@@ -205,20 +228,24 @@ def _generated(
                     "spurious": spurious,
                     "seed": cfg.seed,
                     "verified": True,
+                    "verifier": used,
                 },
             }
         )
-    sft = [_sft_record(domain, s, cfg.seed) for s in sft_drafts]
+    sft = [_sft_record(domain, s, cfg.seed, used) for s in sft_drafts]
+    if used:
+        logger.info("%s: verified with %s", domain, used)
     return out, sft
 
 
-def _sft_record(domain: str, s: SftDraft, seed: int) -> dict:
+def _sft_record(domain: str, s: SftDraft, seed: int, used: dict) -> dict:
+    meta = {"task": s.task, **s.meta, "seed": seed, "verified": True}
     return {
         "id": s.id,
         "domain": domain,
         "subset": s.subset,
         "messages": _conversation(s.prompt, s.response),
-        "metadata": {"task": s.task, **s.meta, "seed": seed, "verified": True},
+        "metadata": {**meta, "verifier": used},
     }
 
 
@@ -328,6 +355,7 @@ def build_prefs(
     sft_out: Path | None,
     *,
     cfg: BuildPrefsConfig,
+    sandbox_backend: str | None = None,
 ) -> dict[str, int]:
     """Build the preference splits and SFT data of one domain.
 
@@ -336,6 +364,9 @@ def build_prefs(
         pairs_out: one JSONL path per split; the split is the file stem.
         sft_out: SFT JSONL path, or None to skip it.
         cfg: the stage config.
+        sandbox_backend: the code sandbox backend (config ``sandbox.backend``);
+            None: ``RMFLOW_SANDBOX`` or ``auto``. The backend that ran the
+            checks is recorded in every record's ``metadata.verifier``.
 
     Returns:
         Counts written per file kind (``{"train": n, "test": m, "sft": k}``).
@@ -362,7 +393,11 @@ def build_prefs(
             raise ConfigError(
                 f"no size configured for split(s) {missing} (data.sizes, --sizes)"
             )
-        records, sft = _generated(domain, splits, cfg, workers)
+        verifier = VerifierOptions(
+            math_extraction=cfg.math_extraction, sandbox_backend=sandbox_backend
+        )
+        verifier.apply()
+        records, sft = _generated(domain, splits, cfg, workers, verifier)
     else:
         raise ConfigError(
             f"domain {domain!r} has no generator (built-in:"
@@ -415,6 +450,7 @@ def make_parser() -> argparse.ArgumentParser:
         help="one JSONL path per split; the split name is the file stem",
     )
     parser.add_argument("--sft-out", type=Path, default=None, help="SFT JSONL path")
+    add_sandbox_arg(parser)
     add_logging_args(parser)
     add_dataclass_args(parser, BuildPrefsConfig)
     return parser
@@ -427,7 +463,13 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(log_file=args.log_file)
     cfg = dataclass_from_args(BuildPrefsConfig, args)
     log_run_header(logger, cfg, domain=args.domain)
-    build_prefs(args.domain, args.pairs_out, args.sft_out, cfg=cfg)
+    build_prefs(
+        args.domain,
+        args.pairs_out,
+        args.sft_out,
+        cfg=cfg,
+        sandbox_backend=args.sandbox_backend,
+    )
     return 0
 
 

@@ -65,7 +65,13 @@ from pipelines.common.modeling import (
 )
 from pipelines.common.records import read_pairs
 from pipelines.common.sampling import encode_prompts, sample_texts
-from pipelines.domains import domain_module
+from pipelines.domains import (
+    MATH_EXTRACTION,
+    VerifierOptions,
+    add_sandbox_arg,
+    domain_module,
+    verifier_record,
+)
 from pipelines.score_candidates import (
     ScoreConfig,
     candidate_conversations,
@@ -230,10 +236,18 @@ def _sample_policy(
 
 
 def verifier_gold(
-    domain: str, items: Sequence[tuple[dict, str]], *, workers: int
+    domain: str,
+    items: Sequence[tuple[dict, str]],
+    *,
+    workers: int,
+    verifier: VerifierOptions | None = None,
 ) -> list[float]:
     """Gold of ``(task, response)`` items from the domain's verifier (1.0 / 0.0)."""
-    verdicts = domain_module(domain).verify_many(list(items), workers=workers)
+    verifier = verifier or VerifierOptions()
+    verifier.apply()
+    verdicts = domain_module(domain).verify_many(
+        list(items), workers=workers, **verifier.kwargs(domain)
+    )
     return [1.0 if ok else 0.0 for ok in verdicts]
 
 
@@ -250,7 +264,7 @@ def _extras(record: dict, cfg: GenerateConfig, domain: str) -> list[tuple[str, s
 
 
 def _gold_scores(
-    lines: list[dict], domain: str, cfg: GenerateConfig
+    lines: list[dict], domain: str, cfg: GenerateConfig, verifier: VerifierOptions
 ) -> tuple[list[float], str]:
     """Gold of every candidate (flat, line order) and the gold's kind.
 
@@ -263,7 +277,8 @@ def _gold_scores(
     if cfg.gold_model is None:
         workers = cfg.workers or os.cpu_count() or 1
         items = [(ln["task"], c["text"]) for ln in lines for c in ln["candidates"]]
-        return verifier_gold(domain, items, workers=workers), f"verifier:{domain}"
+        gold = verifier_gold(domain, items, workers=workers, verifier=verifier)
+        return gold, f"verifier:{domain}"
     score_cfg = ScoreConfig(
         batch_size=cfg.batch_size,
         dtype=cfg.dtype,
@@ -289,6 +304,7 @@ def generate_candidates(
     seed: int,
     cfg: GenerateConfig,
     domain: str,
+    verifier: VerifierOptions | None = None,
 ) -> dict:
     """Sample candidates for held-out prompts, score them with the gold, write JSONL.
 
@@ -300,6 +316,9 @@ def generate_candidates(
         cfg: the stage config.
         domain: the pairs' domain; picks the verifier (unless ``cfg.gold_model``)
             and, for ``code``, the reference / mutant extras.
+        verifier: how the domain's verifier checks (math extraction, code
+            sandbox backend); recorded with the gold in every line
+            (``gold_source``).
 
     Returns:
         Summary: counts, ``mean_gold`` by source, ``new_tokens``,
@@ -310,6 +329,7 @@ def generate_candidates(
         ValueError: on an empty pair file, a domain without a verifier (and no
             gold model) or a record without ``metadata["task"]``.
     """
+    verifier = verifier or VerifierOptions()
     if cfg.gold_model is None:
         domain_module(domain)  # fail before sampling on a domain with no verifier
     records = read_pairs(pairs)[: cfg.n_prompts]
@@ -350,10 +370,15 @@ def generate_candidates(
             }
         )
 
-    gold, gold_kind = _gold_scores(lines, domain, cfg)
+    gold, gold_kind = _gold_scores(lines, domain, cfg, verifier)
     flat = [c for ln in lines for c in ln["candidates"]]
     for cand, value in zip(flat, gold, strict=True):
         cand["gold"] = float(value)
+    gold_source = {"kind": gold_kind}
+    if cfg.gold_model is None:
+        gold_source.update(verifier_record(domain, verifier))
+    for line in lines:
+        line["gold_source"] = gold_source
     write_jsonl(out, lines)
 
     mean_gold = {
@@ -368,6 +393,7 @@ def generate_candidates(
         "n_by_source": {s: sum(c["source"] == s for c in flat) for s in mean_gold},
         "mean_gold": mean_gold,
         "gold": gold_kind,
+        "gold_source": gold_source,
         "new_tokens": sampled.new_tokens,
         "generation_seconds": sampled.seconds,
         "tokens_per_second": rate,
@@ -408,6 +434,14 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, required=True, help="sampling seed")
     parser.add_argument("--out", type=Path, required=True, help="JSONL to write")
+    parser.add_argument(
+        "--math-extraction",
+        choices=MATH_EXTRACTION,
+        default="balanced",
+        help="math verifier: 'balanced' braces or the paper's 'regex'"
+        " (config data.math_extraction)",
+    )
+    add_sandbox_arg(parser)
     add_dataclass_args(parser, GenerateConfig)
     return parser
 
@@ -428,8 +462,17 @@ def main(argv: list[str] | None = None) -> int:
         out=str(args.out),
         versions=library_versions(),
     )
+    verifier = VerifierOptions(
+        math_extraction=args.math_extraction, sandbox_backend=args.sandbox_backend
+    )
     generate_candidates(
-        args.policy, args.pairs, args.out, seed=args.seed, cfg=cfg, domain=args.domain
+        args.policy,
+        args.pairs,
+        args.out,
+        seed=args.seed,
+        cfg=cfg,
+        domain=args.domain,
+        verifier=verifier,
     )
     return 0
 

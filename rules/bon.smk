@@ -17,8 +17,10 @@ rule generate_candidates:
     params:
         hp=cli_args("bon/generate"),
         seed=config["bon"]["seed"],
+        verifier=verifier_args,
     shell:
         "OMP_NUM_THREADS=1 python -m pipelines.generate_candidates {params.hp}"
+        " {params.verifier}"
         " --policy {input.policy} --pairs {input.pairs} --domain {wildcards.domain}"
         " --seed {params.seed} --workers {threads} --out {output.gens} > {log} 2>&1"
 

@@ -114,6 +114,19 @@ def pref_source_arg(wildcards):
     return f"--source {shlex.quote(json.dumps(source, sort_keys=True))}"
 
 
+def verifier_args(wildcards):
+    """The verifier flags of a domain's job, only those its verifier uses.
+
+    So switching the sandbox backend reruns code data and code gold only, and
+    the math extraction mode math only.
+    """
+    if wildcards.domain == "math":
+        return f"--math-extraction {config['data']['math_extraction']}"
+    if wildcards.domain == "code":
+        return f"--sandbox-backend {config['sandbox']['backend']}"
+    return ""
+
+
 def data_targets():
     """Every preference split and SFT file of every configured domain."""
     pairs = expand("results/data/{domain}/{split}.jsonl", domain=DOMAINS, split=SPLITS)

@@ -14,9 +14,10 @@ rule build_prefs:
     resources:
         **job_resources("build_prefs"),
     params:
-        hp=cli_args("data", exclude=("domains", "sources")),
+        hp=cli_args("data", exclude=("domains", "sources", "math_extraction")),
         source=pref_source_arg,
+        verifier=verifier_args,
     shell:
         "python -m pipelines.build_prefs --domain {wildcards.domain} {params.hp}"
-        " {params.source} --workers {threads}"
+        " {params.source} {params.verifier} --workers {threads}"
         " --pairs-out {output.pairs} --sft-out {output.sft} > {log} 2>&1"

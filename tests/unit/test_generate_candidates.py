@@ -19,7 +19,8 @@ from pipelines.common.modeling import (
     train_tokenizer,
 )
 from pipelines.common.records import read_pairs
-from pipelines.domains import code, math
+from pipelines.common.sandbox import set_backend
+from pipelines.domains import VerifierOptions, code, math
 from pipelines.generate_candidates import (
     GenerateConfig,
     encode_prompts,
@@ -125,6 +126,9 @@ def test_math_counts_fields_and_gold(world, math_run):
         assert set(ln["candidates"][0]) == {"text", "gold", "source"}
     assert summary["n_prompts"] == 3 and summary["n_candidates"] == 12
     assert summary["gold"] == "verifier:math"
+    assert {json.dumps(ln["gold_source"]) for ln in lines} == {
+        json.dumps({"kind": "verifier:math", "math_extraction": "balanced"})
+    }
     assert 0 < summary["new_tokens"] <= 12 * 8 and summary["tokens_per_second"] > 0
     items = [(ln["task"], c["text"]) for ln in lines for c in ln["candidates"]]
     expected = [float(ok) for ok in math.verify_many(items, workers=1)]
@@ -316,6 +320,25 @@ def test_code_adds_reference_and_mutant(world):
     assert summary["mean_gold"]["reference"] == 1.0
     assert summary["mean_gold"]["mutant"] == 0.0
     assert summary["n_by_source"] == {"policy": 4, "reference": 2, "mutant": 2}
+    from pipelines.common.sandbox import backend
+
+    assert lines[0]["gold_source"] == {"kind": "verifier:code", "sandbox": backend()}
+
+    # the weak backend, asked for by name, is what the file says ran
+    try:
+        weak = world["root"] / "code_rlimit.jsonl"
+        generate_candidates(
+            world["policy"],
+            world["pairs"]["code"],
+            weak,
+            seed=0,
+            cfg=dataclasses.replace(cfg, n_prompts=1),
+            domain="code",
+            verifier=VerifierOptions(sandbox_backend="rlimit"),
+        )
+        assert read_jsonl(weak)[0]["gold_source"]["sandbox"] == "rlimit"
+    finally:
+        set_backend(None)  # later tests use the default again
 
     only_ref = world["root"] / "code_ref.jsonl"
     cfg = dataclasses.replace(cfg, n_prompts=1, max_new_tokens=2, include_mutants=False)
@@ -348,6 +371,7 @@ def test_gold_model_scores(world, math_run):
     assert got == pytest.approx(expected, abs=1e-5)
     assert len(set(got)) > 1
     assert lines[0]["gold_chat_format"]["system_prompt"] is None
+    assert lines[0]["gold_source"] == {"kind": f"model:{world['rm']}"}
     assert lines[0]["gold_chat_format"]["chat_template_is_rmflow_default"] is True
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import marshal
 import os
 import selectors
 import signal
 import subprocess
+import threading
 import time
 from typing import BinaryIO
 
@@ -75,19 +77,37 @@ def _run_as(
         with open(script, "w", encoding="utf-8") as handle:
             handle.write(code)
         if stdin is not None:
-            # Handed over as an open, already unlinked file: nothing to deadlock on.
-            stdin_path = os.path.join(workdir, ".stdin")
-            with open(stdin_path, "w", encoding="utf-8") as handle:
-                handle.write(stdin)
-            stdin_file = open(stdin_path, "rb")
-            os.unlink(stdin_path)
+            # A pipe, not a file: what the program reads is gone from it, so no
+            # process of the run (bwrap's init keeps a copy of fd 0) can read it
+            # again through /proc/<pid>/fd/0. A thread feeds it; it ends when
+            # the data is written or every reader has closed the pipe.
+            stdin_file, writer = _feed(stdin.encode("utf-8"))
         return _execute(interpreter, workdir, stdin_file, limits, kind, uid)
     except OSError as exc:
         return failed(kind, f"cannot prepare the sandbox: {exc}")
     finally:
         if stdin_file is not None:
             stdin_file.close()
+            writer.join()
         _uids.remove_tree(workdir)
+
+
+def _feed(data: bytes) -> tuple[BinaryIO, threading.Thread]:
+    """A pipe whose read end yields ``data`` then EOF, fed by a thread."""
+    read_fd, write_fd = os.pipe()
+    with contextlib.suppress(OSError):  # room for typical inputs in one write
+        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+
+    def write() -> None:
+        with contextlib.suppress(OSError):  # EPIPE: the program stopped reading
+            view = memoryview(data)
+            while view:
+                view = view[os.write(write_fd, view) :]
+        os.close(write_fd)
+
+    writer = threading.Thread(target=write, name="sandbox-stdin", daemon=True)
+    writer.start()
+    return os.fdopen(read_fd, "rb"), writer
 
 
 def _execute(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipelines.common.cli import UserError
+
 AUTO = "auto"
 BWRAP = "bwrap"
 LANDLOCK = "landlock"
@@ -12,11 +14,12 @@ BACKENDS = (AUTO, BWRAP, LANDLOCK, RLIMIT)
 BACKEND_ENV = "RMFLOW_SANDBOX"
 
 
-class SandboxUnavailable(RuntimeError):
+class SandboxUnavailable(UserError, RuntimeError):
     """No backend that isolates untrusted code works here (or a forced one fails).
 
     The message names what is missing for each backend tried, how to get it, and
-    how to opt in to the weak ``rlimit`` backend explicitly.
+    how to opt in to the weak ``rlimit`` backend explicitly. A
+    :class:`~pipelines.common.cli.UserError`: a stage shows it as one line.
     """
 
 
