@@ -117,6 +117,12 @@ def third_party_imports(module: str, seen: set[str] | None = None) -> set[str]:
             if name.startswith("pipelines"):
                 if _module_file(name).exists():
                     found |= third_party_imports(name, seen)
+            elif (source.parent / f"{name.split('.')[0]}.py").exists():
+                # a sibling imported by its bare name, as when the file runs
+                # as a script (the sandbox's supervisor): our own code
+                found |= third_party_imports(
+                    f"{module.rsplit('.', 1)[0]}.{name.split('.')[0]}", seen
+                )
             elif name.split(".")[0] not in sys.stdlib_module_names:
                 found.add(name.split(".")[0])
     return found

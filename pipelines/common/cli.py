@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 from pipelines.common.logs import FILES_ONLY, LOGS_ONLY, ROUTE
+from pipelines.common.sandbox._types import SandboxUnavailable
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -39,6 +40,11 @@ class UserError(Exception):
     The message must name the file (and row and field where there is one);
     :func:`handle_user_errors` shows it as one line.
     """
+
+
+# What handle_user_errors shows as one line: bad input, and a machine that
+# cannot isolate untrusted code (the sandbox package stays free of this module).
+USER_ERRORS = (UserError, SandboxUnavailable)
 
 
 def one_line(text: str) -> str:
@@ -65,7 +71,7 @@ def handle_user_errors(main: Callable[P, int]) -> Callable[P, int]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> int:
         try:
             return main(*args, **kwargs)
-        except UserError as err:
+        except USER_ERRORS as err:
             if logging.getLogger().handlers:  # else nothing is set up to route it
                 logger.error("%s", err, exc_info=True, extra={ROUTE: LOGS_ONLY})
             sys.stderr.write(f"error: {one_line(str(err))}\n")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipelines.common.cli import UserError
-
 AUTO = "auto"
 BWRAP = "bwrap"
 LANDLOCK = "landlock"
@@ -14,12 +12,14 @@ BACKENDS = (AUTO, BWRAP, LANDLOCK, RLIMIT)
 BACKEND_ENV = "RMFLOW_SANDBOX"
 
 
-class SandboxUnavailable(UserError, RuntimeError):
+class SandboxUnavailable(RuntimeError):
     """No backend that isolates untrusted code works here (or a forced one fails).
 
     The message names what is missing for each backend tried, how to get it, and
-    how to opt in to the weak ``rlimit`` backend explicitly. A
-    :class:`~pipelines.common.cli.UserError`: a stage shows it as one line.
+    how to opt in to the weak ``rlimit`` backend explicitly. Stages show it as
+    one line, like a user error (:func:`pipelines.common.cli.handle_user_errors`):
+    it is about the machine, not a bug. The sandbox package imports nothing of
+    the rest of the project, so it can be staged and run on its own.
     """
 
 
