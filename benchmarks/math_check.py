@@ -109,7 +109,8 @@ def main() -> None:
             if kind == "equiv":
                 verdict = is_equiv(answer, reference, timeout_s=1.0)
             else:
-                verdict = check_response(answer, reference)
+                mode = "regex" if kind == "response-regex" else "balanced"
+                verdict = check_response(answer, reference, mode=mode)
             seconds = time.perf_counter() - start
             total += seconds
             label = repr(answer[:28]) + (f" ({len(answer)} chars)" * (len(answer) > 28))
