@@ -21,12 +21,17 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from pipelines.common.cli import handle_user_errors
-from pipelines.common.io import atomic_open, atomic_path
+from pipelines.common.figures import pyplot, save_png
+from pipelines.common.io import atomic_open
 from pipelines.common.logs import setup_logging
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +47,6 @@ COLUMNS = (
 SINGLE = "single"
 VERIFIER = "verifier"
 THIN, THICK = 1.0, 2.4
-DPI = 100
 MARKERS = ("o", "s", "^", "D", "v", "P", "*", "X")
 LINESTYLES = ("-", "--", "-.", ":")
 
@@ -140,16 +144,20 @@ def _note_coinciding(ax, table: pd.DataFrame, y: str) -> None:
         )
 
 
-def _plot(table: pd.DataFrame, out_png: Path, gold: str) -> None:
-    """Gold and proxy score against KL_bon, with n marked on a top axis."""
-    import matplotlib
+def bon_figure(table: pd.DataFrame, gold: str = VERIFIER) -> Figure:
+    """Gold and proxy score against KL_bon, with n marked on a top axis.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Args:
+        table: the table of :func:`report_bon`.
+        gold: what scored gold (``verifier`` or the gold RM), for the label.
+
+    Returns:
+        The figure (sized for the report, see :mod:`pipelines.common.figures`).
+    """
+    plt = pyplot()
 
     colors = plt.get_cmap("tab10")
-    # sized to be read at natural size in the report's content pane (about
-    # 1000 x 700 px; wider or taller figures are cut there)
+    # within figures.MAX_PX at its DPI, legend below the panels
     fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.2))
     panels = (
         (axes[0], "gold_score", "Gold score: what best-of-n really gains"),
@@ -186,11 +194,7 @@ def _plot(table: pd.DataFrame, out_png: Path, gold: str) -> None:
         fontsize=10.5,
     )
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(
-            tmp, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None}
-        )
-    plt.close(fig)
+    return fig
 
 
 def report_bon(
@@ -238,7 +242,7 @@ def report_bon(
     table = table.drop(columns="_ensemble").reset_index(drop=True)
     with atomic_open(out_csv) as fh:
         table.to_csv(fh, index=False, float_format="%.6f")
-    _plot(table, Path(out_png), gold)
+    save_png(bon_figure(table, gold), Path(out_png))
     logger.info(
         "%d BoN files -> %d rows in %s and %s",
         len(results),

@@ -36,14 +36,19 @@ import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from pipelines.bon_estimate import load_candidates, load_member_scores
 from pipelines.common.cli import handle_user_errors
-from pipelines.common.io import atomic_open, atomic_path
+from pipelines.common.figures import pyplot, save_png
+from pipelines.common.io import atomic_open
 from pipelines.common.logs import setup_logging
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +56,6 @@ COLUMNS = ("model_id", "lm_domain", "weight", "metric", "benchmark", "value", "n
 DEFAULT_NS = (1, 2, 4, 8, 16)
 ACCURACY = "accuracy"
 VERIFIER = "verifier"
-DPI = 100
 MODEL_ID = re.compile(r"^merged-(?P<domain>.+)-w(?P<weight>\d+(?:\.\d+)?)$")
 MARKERS = ("o", "s", "^", "D", "v", "P", "*", "<", ">", "h")
 
@@ -231,15 +235,19 @@ def _dress(ax, title: str, ylabel: str, empty: bool) -> None:
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2)
 
 
-def _plot(table: pd.DataFrame, out_png: Path, gold: str) -> None:
-    """Eval accuracy and best-of-n gold at the largest n against the weight."""
-    import matplotlib
+def dogerm_figure(table: pd.DataFrame, gold: str = VERIFIER) -> Figure:
+    """Eval accuracy and best-of-n gold at the largest n against the weight.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Args:
+        table: the table of :func:`report_dogerm`.
+        gold: what scored gold (``verifier`` or the gold RM), for the label.
 
-    # sized to be read at natural size in the report's content pane (about
-    # 1000 x 700 px; wider or taller figures are cut there)
+    Returns:
+        The figure (sized for the report, see :mod:`pipelines.common.figures`).
+    """
+    plt = pyplot()
+
+    # within figures.MAX_PX at its DPI, legend below the panels
     fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.4))
     colors = plt.get_cmap("tab10")
     acc = table[table["metric"] == ACCURACY]
@@ -288,11 +296,7 @@ def _plot(table: pd.DataFrame, out_png: Path, gold: str) -> None:
         fontsize=10.5,
     )
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(
-            tmp, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None}
-        )
-    plt.close(fig)
+    return fig
 
 
 def report_dogerm(
@@ -340,7 +344,7 @@ def report_dogerm(
     table = table.drop(columns="_m").reset_index(drop=True)
     with atomic_open(out_csv) as fh:
         table.to_csv(fh, index=False, float_format="%.6f")
-    _plot(table, Path(out_png), gold)
+    save_png(dogerm_figure(table, gold), Path(out_png))
     logger.info(
         "%d models -> %d rows in %s and %s",
         table["model_id"].nunique(),

@@ -26,13 +26,18 @@ import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from pipelines.common.cli import handle_user_errors
-from pipelines.common.io import atomic_open, atomic_path
+from pipelines.common.figures import pyplot, save_png
+from pipelines.common.io import atomic_open
 from pipelines.common.logs import setup_logging
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +70,6 @@ PANELS = (
 MODEL_ID = re.compile(r"^rm-(?P<trainset>.+)-seed(?P<seed>\d+)$")
 MARKERS = ("o", "s", "^", "D", "v", "P", "*", "<", ">", "h")
 NO_SEED = "x"
-DPI = 100
 
 
 def parse_model_id(model_id: str) -> tuple[str | None, int | None]:
@@ -154,8 +158,7 @@ def _panel(ax, cells: pd.DataFrame, groups, benchmarks, marker_of, colors) -> No
 
 def _legend(ax, groups, seeds, marker_of, colors, no_seed: bool) -> None:
     """Training sets (bar colours), seeds (marker shapes) and chance, outside."""
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     handles, labels = [], []
     for g_idx, group in enumerate(groups):
         handles.append(plt.Rectangle((0, 0), 1, 1, color=colors(g_idx % 10), alpha=0.5))
@@ -183,12 +186,16 @@ def _legend(ax, groups, seeds, marker_of, colors, no_seed: bool) -> None:
     )
 
 
-def _plot(table: pd.DataFrame, out_png: Path) -> None:
-    """One panel per pair group (all, clean, spurious) with grouped bars."""
-    import matplotlib
+def eval_figure(table: pd.DataFrame) -> Figure:
+    """One panel per pair group (all, clean, spurious) with grouped bars.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Args:
+        table: the table of :func:`report_eval`.
+
+    Returns:
+        The figure (sized for the report, see :mod:`pipelines.common.figures`).
+    """
+    plt = pyplot()
 
     table = table.copy()
     table["group"] = table["trainset"].fillna(table["model_id"])
@@ -203,13 +210,12 @@ def _plot(table: pd.DataFrame, out_png: Path) -> None:
     seeds = sorted(int(s) for s in top["seed"].dropna().unique())
     marker_of = {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(seeds)}
     colors = plt.get_cmap("tab10")
-    # sized to be read at natural size in the report's content pane (about
-    # 1000 x 700 px at DPI; taller figures are cut at the top there)
+    # within figures.MAX_PX at its DPI with the legend beside the top panel
     span = len(benchmarks) * max(1.0, len(groups) / 2)
     fig, axes = plt.subplots(
         len(panels),
         1,
-        figsize=(min(3.5 + 1.1 * span, 10.0), 0.8 + 1.9 * len(panels)),
+        figsize=(min(3.5 + 1.1 * span, 7.6), 0.8 + 1.9 * len(panels)),
         squeeze=False,
     )
     for ax, (cells, title) in zip(axes[:, 0], panels, strict=True):
@@ -223,11 +229,7 @@ def _plot(table: pd.DataFrame, out_png: Path) -> None:
         fontsize=11,
     )
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(
-            tmp, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None}
-        )
-    plt.close(fig)
+    return fig
 
 
 def report_eval(evals: Sequence[Path], out_csv: Path, out_png: Path) -> pd.DataFrame:
@@ -268,7 +270,7 @@ def report_eval(evals: Sequence[Path], out_csv: Path, out_png: Path) -> pd.DataF
     table = table.reset_index(drop=True)
     with atomic_open(out_csv) as fh:
         table.to_csv(fh, index=False, float_format="%.6f")
-    _plot(table, Path(out_png))
+    save_png(eval_figure(table), Path(out_png))
     logger.info(
         "%d eval files -> %d rows in %s and %s",
         len(evals),
