@@ -158,7 +158,7 @@ def bon_figure(table: pd.DataFrame, gold: str = VERIFIER) -> Figure:
 
     colors = plt.get_cmap("tab10")
     # within figures.MAX_PX at its DPI, legend below the panels
-    fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(9.2, 4.0))
     panels = (
         (axes[0], "gold_score", "Gold score: what best-of-n really gains"),
         (axes[1], "proxy_score", "Proxy score: what the reward model believes"),

@@ -248,7 +248,7 @@ def dogerm_figure(table: pd.DataFrame, gold: str = VERIFIER) -> Figure:
     plt = pyplot()
 
     # within figures.MAX_PX at its DPI, legend below the panels
-    fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.4))
+    fig, axes = plt.subplots(1, 2, figsize=(9.2, 4.3))
     colors = plt.get_cmap("tab10")
     acc = table[table["metric"] == ACCURACY]
     _weight_lines(axes[0], acc, colors)

@@ -12,13 +12,13 @@ rule report_eval:
             "results/report/eval.csv",
             category="2 Evaluation",
             caption="../report/eval_csv.rst",
-            labels={"content": "pairwise accuracy per model, benchmark, subset"},
+            labels={"result": "table: accuracy by subset"},
         ),
         png=report(
             "results/report/eval.png",
             category="2 Evaluation",
             caption="../report/eval_png.rst",
-            labels={"content": "accuracy per benchmark: all, clean, spurious pairs"},
+            labels={"result": "plot: accuracy by benchmark"},
         ),
     log:
         "logs/report_eval/report_eval.log",
@@ -38,13 +38,13 @@ rule report_bon:
             "results/report/bon.csv",
             category="3 Best-of-n",
             caption="../report/bon_csv.rst",
-            labels={"content": "proxy and gold score per objective and n"},
+            labels={"result": "table: curves per objective"},
         ),
         png=report(
             "results/report/bon.png",
             category="3 Best-of-n",
             caption="../report/bon_png.rst",
-            labels={"content": "gold and proxy score against KL_bon"},
+            labels={"result": "plot: gold and proxy vs KL"},
         ),
     log:
         "logs/report_bon/report_bon.log",
@@ -69,13 +69,13 @@ rule report_dogerm:
             "results/report/dogerm.csv",
             category="4 DogeRM",
             caption="../report/dogerm_csv.rst",
-            labels={"content": "accuracy, bon@n and pass@n per merge weight"},
+            labels={"result": "table: scores per weight"},
         ),
         png=report(
             "results/report/dogerm.png",
             category="4 DogeRM",
             caption="../report/dogerm_png.rst",
-            labels={"content": "accuracy and best-of-n gold against merge weight"},
+            labels={"result": "plot: scores vs weight"},
         ),
     log:
         "logs/report_dogerm/report_dogerm.log",
@@ -104,13 +104,13 @@ rule report_summary:
             "results/report/headline.csv",
             category="1 Summary",
             caption="../report/headline_csv.rst",
-            labels={"content": "every headline number of the opening page"},
+            labels={"result": "table: headline numbers"},
         ),
         config=report(
             "results/report/config.yaml",
             category="1 Summary",
             caption="../report/config_yaml.rst",
-            labels={"content": "the configuration the run used, resolved"},
+            labels={"result": "config used (YAML)"},
         ),
     log:
         "logs/report_summary/report_summary.log",

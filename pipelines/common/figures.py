@@ -3,7 +3,8 @@
 Report figures are read at natural size in the Snakemake report's content
 pane, which cuts what is taller or wider than the window at the top and left:
 :data:`MAX_PX` is what a laptop window shows of it (1366 x 768 less the
-report's menu), and each report stage sizes its figure to stay inside.
+report's menu, about 400 px wide while it lists a category with its labels),
+and each report stage sizes its figure to stay inside.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 DPI = 100
-MAX_PX = (1050, 720)  # width, height
+MAX_PX = (940, 720)  # width, height
 
 
 def pyplot() -> ModuleType:

@@ -19,9 +19,10 @@ from pipelines.report_dogerm import dogerm_figure  # noqa: E402
 from pipelines.report_eval import eval_figure, report_eval  # noqa: E402
 
 # What the Snakemake report shows of a figure at natural size in a 1366 x 768
-# window: measured in headless Chromium, its menu takes 272 px and the content
-# pane pads 12 px a side; what is larger is cut at the top and left.
-PANE = (1366 - 272 - 24, 768 - 48)
+# window: measured in headless Chromium, its menu takes up to 400 px while it
+# lists a category with our labels, the content pane pads 12 px a side; what
+# is larger is cut at the top and left.
+PANE = (1366 - 400 - 24, 768 - 48)
 
 
 def eval_table(trainsets, benchmarks, seeds, *, features=True):
