@@ -295,7 +295,8 @@ def test_every_registered_plot_shows_and_is_not_blank(tiny_run, browser):
         assert len(" ".join(entry["caption"].split())) > 100, f"{path}: no caption"
         # open its category (the menu then lists it), show it as a click on its
         # row does
-        open_category(browser, category_of[path], entry["labels"]["result"])
+        listed_as = (entry["labels"] or {}).get("result", entry["name"])
+        open_category(browser, category_of[path], listed_as)
         browser.js(f"new ToggleViewManager(app).handleSelectedResult({path!r}); 1")
         browser.wait_for(
             "(() => { const i = [...document.images].find(x => x.src.startsWith("
