@@ -8,10 +8,14 @@ r"""Collect BoN curves of single RMs and ensembles into one table and plot.
 The CSV has one row per result file and draw size (the overall curve of
 :func:`pipelines.bon_estimate.bon_estimate`): ``name`` (the file stem, e.g.
 ``seed0``, ``ensemble_uwo``), ``aggregate``, ``n``, ``kl_bon``,
-``proxy_score``, ``gold_score``, ``n_prompts``. The plot has four panels: gold
-and proxy score against n (log2 axis), and against KL_bon; single RMs are thin
-lines, ensembles thick ones. Overoptimisation shows as a gold curve that
-peaks and falls while the proxy curve keeps rising.
+``proxy_score``, ``gold_score``, ``n_prompts``. The plot has two panels, gold
+and proxy score against KL_bon (nats; n on a top axis): each single seeded RM
+is a thin grey line and their mean a dashed black one (the seed spread), each
+ensemble a thick line with its own colour, marker and dash; the legend sits
+below the panels, and a note says so when every gold curve coincides. The gold
+axis is labelled by what scored gold (``--gold``: the verifier's fraction of
+prompts correct, or a gold RM's logit). Over-optimisation shows as a gold curve
+that peaks and falls while the proxy curve keeps rising.
 """
 
 from __future__ import annotations

@@ -24,8 +24,10 @@ The CSV has the columns :data:`COLUMNS`, one row per measurement:
   the RM and is the ceiling of ``bon@{n}``.
 
 The plot has two panels: eval accuracy against weight (a line per lm_domain and
-benchmark) and bon@max_n gold against weight (a line per lm_domain and gens
-domain); the weight 0 (the plain RM) is marked by a dotted vertical line.
+benchmark: colour = benchmark, marker = LM; chance dashed) and bon@max_n gold
+against weight with its pass@max_n ceiling dashed (a line per lm_domain and gens
+domain); the weight 0 (the plain RM) is a dotted vertical line, legends sit
+below the panels. The whole sweep merges one RM seed, so it has no seed spread.
 """
 
 from __future__ import annotations

@@ -11,11 +11,14 @@ overall variant such as ``leaderboard_2024``), ``features`` (``subset`` =
 the others; only for benchmarks whose records say which features they carry),
 ``section`` (RewardBench sections, Auto-J categories, domains) or ``subset``.
 Model ids of the form ``rm-{trainset}-seed{seed}`` fill the ``trainset`` and
-``seed`` columns; others leave them empty. The plot shows, per benchmark, the
-accuracy over all pairs and, where known, over the clean and the spurious pairs
-(one panel each): one group per trainset, a bar at the mean over seeds and one
-marker per seed. The clean panel is what the RM learned about the task; a scorer
-that only reads the injected features is at chance or below there.
+``seed`` columns; others leave them empty. The plot shows, per benchmark (its
+pair count under the name), the accuracy over all pairs and, where known, over
+the clean and the spurious pairs (one panel each): one group per trainset, a
+bar at the mean over seeds and one marker per seed beside it (seeds with equal
+values stay visible), chance as a dashed line, the legend outside the panels.
+The clean panel is what the RM learned about the task; a scorer that only reads
+the injected features is at chance or below there. The figure is sized for the
+report (:mod:`pipelines.common.figures`).
 """
 
 from __future__ import annotations

@@ -84,9 +84,11 @@ rule report_dogerm:
         "../envs/eval.yaml"
     params:
         ns=json.dumps(config["merge"]["bon_ns"]),
+        gold=config["bon"]["generate"]["gold_model"] or "verifier",
     shell:
         "python -m pipelines.report_dogerm --evals {input.evals}"
         " --scores {input.scores} --gens {input.gens} --ns '{params.ns}'"
+        " --gold {params.gold:q}"
         " --out-csv {output.csv} --out-png {output.png} > {log} 2>&1"
 
 
