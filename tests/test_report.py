@@ -10,6 +10,7 @@ table. The expected numbers are computed here from the result files.
 from __future__ import annotations
 
 import base64
+import fcntl
 import io
 import json
 import os
@@ -64,8 +65,10 @@ class Chrome:
         self._resp, resp_write = os.pipe()
 
         def wire() -> None:  # in the child: commands on fd 3, replies on fd 4
-            os.dup2(cmd_read, 3)
-            os.dup2(resp_write, 4)
+            # via fds >= 10, so that neither pipe end is overwritten first
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (cmd_read, resp_write)]
+            os.dup2(high[0], 3)
+            os.dup2(high[1], 4)
 
         self.proc = subprocess.Popen(
             [
@@ -83,6 +86,14 @@ class Chrome:
         os.close(cmd_read)
         os.close(resp_write)
         self.timeout, self._buf, self._id = timeout, b"", 0
+        try:
+            self._attach()
+        except BaseException:
+            self.close()
+            raise
+
+    def _attach(self) -> None:
+        """Attach to the page target and give it the window's size."""
         pages = self.call("Target.getTargets")["targetInfos"]
         page = next(t for t in pages if t["type"] == "page")
         self.session = self.call(
