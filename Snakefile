@@ -26,6 +26,11 @@ configfile: f"{workflow.basedir}/presets/{PRESET}.yaml"
 validate(config, "workflow_config.schema.yaml")
 
 
+# `snakemake --report report.html` opens on this page; it includes the summary
+# that rule report_summary writes from the results.
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/sft.smk"
@@ -40,6 +45,7 @@ rule all:
     default_target: True
     input:
         all_targets(),
+        rules.report_summary.output,
 
 
 rule all_data:

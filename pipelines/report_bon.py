@@ -8,10 +8,14 @@ r"""Collect BoN curves of single RMs and ensembles into one table and plot.
 The CSV has one row per result file and draw size (the overall curve of
 :func:`pipelines.bon_estimate.bon_estimate`): ``name`` (the file stem, e.g.
 ``seed0``, ``ensemble_uwo``), ``aggregate``, ``n``, ``kl_bon``,
-``proxy_score``, ``gold_score``, ``n_prompts``. The plot has four panels: gold
-and proxy score against n (log2 axis), and against KL_bon; single RMs are thin
-lines, ensembles thick ones. Overoptimisation shows as a gold curve that
-peaks and falls while the proxy curve keeps rising.
+``proxy_score``, ``gold_score``, ``n_prompts``. The plot has two panels, gold
+and proxy score against KL_bon (nats; n on a top axis): each single seeded RM
+is a thin grey line and their mean a dashed black one (the seed spread), each
+ensemble a thick line with its own colour, marker and dash; the legend sits
+below the panels, and a note says so when every gold curve coincides. The gold
+axis is labelled by what scored gold (``--gold``: the verifier's fraction of
+prompts correct, or a gold RM's logit). Over-optimisation shows as a gold curve
+that peaks and falls while the proxy curve keeps rising.
 """
 
 from __future__ import annotations
@@ -21,12 +25,17 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from pipelines.common.cli import handle_user_errors
-from pipelines.common.io import atomic_open, atomic_path
+from pipelines.common.figures import pyplot, save_png
+from pipelines.common.io import atomic_open
 from pipelines.common.logs import setup_logging
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +49,10 @@ COLUMNS = (
     "n_prompts",
 )
 SINGLE = "single"
-THIN, THICK = 1.0, 2.6
+VERIFIER = "verifier"
+THIN, THICK = 1.0, 2.4
+MARKERS = ("o", "s", "^", "D", "v", "P", "*", "X")
+LINESTYLES = ("-", "--", "-.", ":")
 
 
 def bon_rows(name: str, result: dict) -> list[dict]:
@@ -59,62 +71,147 @@ def bon_rows(name: str, result: dict) -> list[dict]:
     ]
 
 
-def _plot(table: pd.DataFrame, out_png: Path) -> None:
-    """Gold and proxy vs n (log2) and vs KL; thin single RMs, thick ensembles."""
-    import matplotlib
+def gold_label(gold: str) -> str:
+    """The y label of gold scores: a verifier pass rate or a gold RM's score."""
+    if gold == VERIFIER:
+        return "gold score of the pick\n(verifier: fraction of prompts correct)"
+    return f"gold score of the pick\n(gold RM {gold}: logit)"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    names = list(dict.fromkeys(table["name"]))  # table order: singles first
-    colors = plt.get_cmap("tab10")
-    fig, axes = plt.subplots(2, 2, figsize=(10.0, 7.5), sharey="col")
-    panels = (
-        (axes[0, 0], "n", "gold_score"),
-        (axes[0, 1], "n", "proxy_score"),
-        (axes[1, 0], "kl_bon", "gold_score"),
-        (axes[1, 1], "kl_bon", "proxy_score"),
-    )
-    for k, name in enumerate(names):
-        curve = table[table["name"] == name]
-        single = curve["aggregate"].iloc[0] == SINGLE
-        style = {
-            "color": colors(k % 10),
-            "lw": THIN if single else THICK,
-            "alpha": 0.7 if single else 1.0,
-            "marker": "." if single else "o",
-            "ms": 3 if single else 4,
-            "label": name,
-        }
-        for ax, x, y in panels:
-            ax.plot(curve[x], curve[y], **style)
-    for ax, x, y in panels:
-        if x == "n":
-            ax.set_xscale("log", base=2)
-            ax.set_xlabel("n (best-of-n)")
-        else:
-            ax.set_xlabel("KL_bon = log n - (n-1)/n (nats)")
-        ax.set_ylabel(y.replace("_", " "))
-        ax.grid(True, lw=0.4, alpha=0.5)
-    axes[0, 0].set_title("gold score")
-    axes[0, 1].set_title("proxy score")
-    axes[0, 1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
-    fig.suptitle("Best-of-n: single RMs (thin) and ensembles (thick)")
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(
-            tmp, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None}
+def _style_singles(ax, table: pd.DataFrame, y: str, colors) -> None:
+    """Each seed as a thin line, their mean as a dashed black line."""
+    singles = table[table["aggregate"] == SINGLE]
+    names = list(dict.fromkeys(singles["name"]))
+    for name in names:
+        curve = singles[singles["name"] == name]
+        ax.plot(
+            curve["kl_bon"],
+            curve[y],
+            color="grey",
+            lw=THIN,
+            alpha=0.8,
+            marker=".",
+            ms=4,
+            label=f"single RM, one line per seed ({len(names)})",
         )
-    plt.close(fig)
+    if len(names) > 1:
+        mean = singles.groupby("n", sort=True)[["kl_bon", y]].mean()
+        ax.plot(
+            mean["kl_bon"],
+            mean[y],
+            color="black",
+            lw=1.8,
+            ls="--",
+            label=f"single RM, mean over {len(names)} seeds",
+        )
 
 
-def report_bon(results: Sequence[Path], out_csv: Path, out_png: Path) -> pd.DataFrame:
+def _style_ensembles(ax, table: pd.DataFrame, y: str, colors) -> None:
+    """One thick line per ensemble objective, distinct colour and marker."""
+    ensembles = table[table["aggregate"] != SINGLE]
+    for k, name in enumerate(dict.fromkeys(ensembles["name"])):
+        curve = ensembles[ensembles["name"] == name]
+        ax.plot(
+            curve["kl_bon"],
+            curve[y],
+            color=colors(k % 10),
+            lw=THICK,
+            alpha=0.85,
+            marker=MARKERS[k % len(MARKERS)],
+            ms=6,
+            ls=LINESTYLES[k % len(LINESTYLES)],
+            label=f"ensemble {name.removeprefix('ensemble_')}",
+        )
+
+
+def _n_axis(ax, table: pd.DataFrame) -> None:
+    """A top axis marking each n at its KL_bon."""
+    ticks = table.groupby("n", sort=True)["kl_bon"].first()
+    top = ax.twiny()
+    top.set_xlim(ax.get_xlim())
+    top.set_xticks(ticks.to_numpy(), [str(n) for n in ticks.index])
+    top.set_xlabel("n (candidates best-of-n picks from)")
+
+
+def _note_coinciding(ax, table: pd.DataFrame, y: str) -> None:
+    """Say so when every curve has the same values (they hide each other)."""
+    wide = table.pivot_table(index="n", columns="name", values=y)
+    if wide.shape[1] > 1 and bool((wide.max(axis=1) - wide.min(axis=1) < 1e-9).all()):
+        ax.text(
+            0.03,
+            0.97,
+            f"all {wide.shape[1]} curves coincide",
+            transform=ax.transAxes,
+            va="top",
+            fontsize=9,
+            bbox={"facecolor": "white", "edgecolor": "grey", "alpha": 0.9},
+        )
+
+
+def bon_figure(table: pd.DataFrame, gold: str = VERIFIER) -> Figure:
+    """Gold and proxy score against KL_bon, with n marked on a top axis.
+
+    Args:
+        table: the table of :func:`report_bon`.
+        gold: what scored gold (``verifier`` or the gold RM), for the label.
+
+    Returns:
+        The figure (sized for the report, see :mod:`pipelines.common.figures`).
+    """
+    plt = pyplot()
+
+    colors = plt.get_cmap("tab10")
+    # within figures.MAX_PX at its DPI, legend below the panels
+    fig, axes = plt.subplots(1, 2, figsize=(9.2, 4.0))
+    panels = (
+        (axes[0], "gold_score", "Gold score: what best-of-n really gains"),
+        (axes[1], "proxy_score", "Proxy score: what the reward model believes"),
+    )
+    for ax, y, title in panels:
+        _style_singles(ax, table, y, colors)
+        _style_ensembles(ax, table, y, colors)
+        ax.set_xlabel("KL(best-of-n || policy) = log n - (n-1)/n (nats)")
+        ax.grid(True, lw=0.4, alpha=0.5)
+        ax.set_title(title, fontsize=10)
+        _n_axis(ax, table)
+    _note_coinciding(axes[0], table, "gold_score")
+    axes[0].set_ylabel(gold_label(gold))
+    axes[1].set_ylabel("proxy score of the pick\n(RM logit; ensembles: combined)")
+    if gold == VERIFIER:
+        axes[0].set_ylim(bottom=min(0.0, axes[0].get_ylim()[0]))
+    handles, labels = axes[1].get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))  # one entry per seed group
+    fig.legend(  # below both panels: never over the data
+        unique.values(),
+        unique.keys(),
+        fontsize=8,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.02),
+        ncol=3,
+        title="proxy objective",
+        title_fontsize=8,
+    )
+    prompts = int(table["n_prompts"].max())
+    fig.suptitle(
+        f"Best-of-n over {prompts} held-out prompts: gold rising with n is real"
+        " gain;\nproxy rising while gold stalls is over-optimisation",
+        fontsize=10.5,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def report_bon(
+    results: Sequence[Path], out_csv: Path, out_png: Path, *, gold: str = VERIFIER
+) -> pd.DataFrame:
     """Tabulate BoN JSONs and plot their curves.
 
     Args:
         results: JSON files written by :func:`pipelines.bon_estimate.bon_estimate`.
         out_csv: the table to write (atomically).
         out_png: the plot to write (atomically).
+        gold: what scored the candidates' gold (``verifier`` or the gold RM),
+            for the plot's label.
 
     Returns:
         The table (columns :data:`COLUMNS`): single RMs first, then ensembles,
@@ -149,7 +246,7 @@ def report_bon(results: Sequence[Path], out_csv: Path, out_png: Path) -> pd.Data
     table = table.drop(columns="_ensemble").reset_index(drop=True)
     with atomic_open(out_csv) as fh:
         table.to_csv(fh, index=False, float_format="%.6f")
-    _plot(table, Path(out_png))
+    save_png(bon_figure(table, gold), Path(out_png))
     logger.info(
         "%d BoN files -> %d rows in %s and %s",
         len(results),
@@ -168,6 +265,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--results", nargs="+", type=Path, required=True, help="BoN JSON files"
     )
+    parser.add_argument(
+        "--gold",
+        default=VERIFIER,
+        help="what scored gold: 'verifier' or the gold RM (for the plot's label)",
+    )
     parser.add_argument("--out-csv", type=Path, required=True, help="CSV to write")
     parser.add_argument("--out-png", type=Path, required=True, help="PNG to write")
     return parser
@@ -178,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI."""
     args = make_parser().parse_args(argv)
     setup_logging()
-    report_bon(args.results, args.out_csv, args.out_png)
+    report_bon(args.results, args.out_csv, args.out_png, gold=args.gold)
     return 0
 
 

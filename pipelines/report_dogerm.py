@@ -24,8 +24,10 @@ The CSV has the columns :data:`COLUMNS`, one row per measurement:
   the RM and is the ceiling of ``bon@{n}``.
 
 The plot has two panels: eval accuracy against weight (a line per lm_domain and
-benchmark) and bon@max_n gold against weight (a line per lm_domain and gens
-domain); the weight 0 (the plain RM) is marked by a dotted vertical line.
+benchmark: colour = benchmark, marker = LM; chance dashed) and bon@max_n gold
+against weight with its pass@max_n ceiling dashed (a line per lm_domain and gens
+domain); the weight 0 (the plain RM) is a dotted vertical line, legends sit
+below the panels. The whole sweep merges one RM seed, so it has no seed spread.
 """
 
 from __future__ import annotations
@@ -36,20 +38,26 @@ import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from pipelines.bon_estimate import load_candidates, load_member_scores
 from pipelines.common.cli import handle_user_errors
-from pipelines.common.io import atomic_open, atomic_path
+from pipelines.common.figures import pyplot, save_png
+from pipelines.common.io import atomic_open
 from pipelines.common.logs import setup_logging
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("model_id", "lm_domain", "weight", "metric", "benchmark", "value", "n")
 DEFAULT_NS = (1, 2, 4, 8, 16)
 ACCURACY = "accuracy"
+VERIFIER = "verifier"
 MODEL_ID = re.compile(r"^merged-(?P<domain>.+)-w(?P<weight>\d+(?:\.\d+)?)$")
 MARKERS = ("o", "s", "^", "D", "v", "P", "*", "<", ">", "h")
 
@@ -196,69 +204,101 @@ def _metric_key(metric: pd.Series) -> pd.Series:
     return kind * 1_000_000 + draw
 
 
-def _plot(table: pd.DataFrame, out_png: Path) -> None:
-    """Eval accuracy and bon@max_n gold against the merge weight."""
-    import matplotlib
+def _weight_lines(
+    ax, part: pd.DataFrame, colors, *, ls: str = "-", tag: str = ""
+) -> None:
+    """One line per (LM domain, benchmark): colour by benchmark, marker by LM."""
+    benches = sorted(part["benchmark"].unique())
+    lms = sorted(part["lm_domain"].unique())
+    for (lm, bench), line in part.groupby(["lm_domain", "benchmark"], sort=True):
+        line = line.sort_values("weight", kind="stable")
+        ax.plot(
+            line["weight"],
+            line["value"],
+            color=colors(benches.index(bench) % 10),
+            marker=MARKERS[lms.index(lm) % len(MARKERS)],
+            ls=ls,
+            lw=1.6 if ls == "-" else 1.1,
+            ms=6 if ls == "-" else 4,
+            label=f"{lm} LM, {bench}{tag}",
+        )
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.5))
+def _dress(ax, title: str, ylabel: str, empty: bool) -> None:
+    """Axis labels, the w=0 line, and a legend outside the data."""
+    ax.axvline(0.0, color="grey", ls=":", lw=1.2, label="plain RM (w=0)")
+    ax.set_title(title, fontsize=9.5)
+    ax.set_xlabel("LM merge weight w (0 = plain RM, 1 = LM only)")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, lw=0.4, alpha=0.5)
+    if empty:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    # below the axes: never over the data, and the figure stays report-wide
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2)
+
+
+def dogerm_figure(table: pd.DataFrame, gold: str = VERIFIER) -> Figure:
+    """Eval accuracy and best-of-n gold at the largest n against the weight.
+
+    Args:
+        table: the table of :func:`report_dogerm`.
+        gold: what scored gold (``verifier`` or the gold RM), for the label.
+
+    Returns:
+        The figure (sized for the report, see :mod:`pipelines.common.figures`).
+    """
+    plt = pyplot()
+
+    # within figures.MAX_PX at its DPI, legend below the panels
+    fig, axes = plt.subplots(1, 2, figsize=(9.2, 4.3))
     colors = plt.get_cmap("tab10")
+    acc = table[table["metric"] == ACCURACY]
+    _weight_lines(axes[0], acc, colors)
+    axes[0].axhline(0.5, color="grey", lw=0.9, ls="--", label="chance (0.5)")
+    axes[0].set_ylim(0.0, 1.05)
+    _dress(
+        axes[0],
+        "Pairwise accuracy on each test split",
+        "pairwise accuracy (fraction of pairs)",
+        acc.empty,
+    )
     bon = table[table["metric"].str.startswith("bon@")]
     max_n = (
         int(bon["metric"].str.split("@").str[1].astype(int).max()) if len(bon) else 0
     )
-    panels = (
-        (axes[0], table[table["metric"] == ACCURACY], "eval accuracy", "accuracy"),
-        (
-            axes[1],
-            bon[bon["metric"] == f"bon@{max_n}"],
-            f"BoN gold (n={max_n})",
-            "gold",
-        ),
+    picked = bon[bon["metric"] == f"bon@{max_n}"]
+    _weight_lines(axes[1], picked, colors)
+    ceiling = table[table["metric"] == f"pass@{max_n}"]
+    _weight_lines(axes[1], ceiling, colors, ls="--", tag=f" pass@{max_n} (ceiling)")
+    if gold == VERIFIER:
+        axes[1].set_ylim(-0.03, 1.03)
+        ylabel = "gold of the pick (verifier: fraction correct)"
+        if len(ceiling) and float(ceiling["value"].max()) == 0.0:
+            axes[1].text(
+                0.5,
+                0.5,
+                f"pass@{max_n} = 0 at every weight: no candidate is correct,\n"
+                "so no proxy can pick one (the lines coincide at 0)",
+                ha="center",
+                va="center",
+                fontsize=9,
+                transform=axes[1].transAxes,
+                bbox={"facecolor": "white", "edgecolor": "grey", "alpha": 0.9},
+            )
+    else:
+        ylabel = f"gold of the pick (gold RM {gold}: logit)"
+    _dress(
+        axes[1],
+        f"Best-of-{max_n} gold, merged RM as proxy (mean over prompts)",
+        ylabel,
+        picked.empty,
     )
-    lm_domains = sorted(table["lm_domain"].unique())
-    for ax, part, title, ylabel in panels:
-        benches = sorted(part["benchmark"].unique())
-        for (lm, bench), line in part.groupby(["lm_domain", "benchmark"], sort=True):
-            line = line.sort_values("weight", kind="stable")
-            ax.plot(
-                line["weight"],
-                line["value"],
-                color=colors(lm_domains.index(lm) % 10),
-                marker=MARKERS[benches.index(bench) % len(MARKERS)],
-                lw=1.4,
-                ms=5,
-                label=f"{lm} LM / {bench}",
-            )
-        ax.axvline(0.0, color="grey", ls=":", lw=1.0)
-        ax.annotate(
-            "plain RM (w=0)",
-            xy=(0.0, 1.0),
-            xycoords=("data", "axes fraction"),
-            xytext=(3, -12),
-            textcoords="offset points",
-            fontsize=7,
-            color="grey",
-        )
-        ax.set_title(title)
-        ax.set_xlabel("merge weight on the domain LM")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, lw=0.4, alpha=0.5)
-        if len(part):
-            ax.legend(fontsize=7, loc="best")
-        else:
-            ax.text(
-                0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes
-            )
-    fig.suptitle("DogeRM: merged reward models by merge weight")
+    fig.suptitle(
+        "DogeRM: one RM (a single seed: no seed spread) merged with each domain LM",
+        fontsize=10.5,
+    )
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(
-            tmp, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None}
-        )
-    plt.close(fig)
+    return fig
 
 
 def report_dogerm(
@@ -269,6 +309,7 @@ def report_dogerm(
     out_png: Path,
     *,
     ns: Sequence[int] = DEFAULT_NS,
+    gold: str = VERIFIER,
 ) -> pd.DataFrame:
     """Tabulate eval accuracy and best-of-n gold of merged RMs and plot them.
 
@@ -281,6 +322,8 @@ def report_dogerm(
         out_csv: the table to write (atomically).
         out_png: the plot to write (atomically).
         ns: BoN draw sizes.
+        gold: what scored the candidates' gold (``verifier`` or the gold RM),
+            for the plot's label.
 
     Returns:
         The table (columns :data:`COLUMNS`), sorted by lm_domain, weight,
@@ -303,7 +346,7 @@ def report_dogerm(
     table = table.drop(columns="_m").reset_index(drop=True)
     with atomic_open(out_csv) as fh:
         table.to_csv(fh, index=False, float_format="%.6f")
-    _plot(table, Path(out_png))
+    save_png(dogerm_figure(table, gold), Path(out_png))
     logger.info(
         "%d models -> %d rows in %s and %s",
         table["model_id"].nunique(),
@@ -353,6 +396,11 @@ def make_parser() -> argparse.ArgumentParser:
         default=DEFAULT_NS,
         help="BoN draw sizes as a JSON list (default: [1,2,4,8,16])",
     )
+    parser.add_argument(
+        "--gold",
+        default=VERIFIER,
+        help="what scored gold: 'verifier' or the gold RM (for the plot's label)",
+    )
     return parser
 
 
@@ -362,7 +410,13 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     setup_logging()
     report_dogerm(
-        args.evals, args.scores, args.gens, args.out_csv, args.out_png, ns=args.ns
+        args.evals,
+        args.scores,
+        args.gens,
+        args.out_csv,
+        args.out_png,
+        ns=args.ns,
+        gold=args.gold,
     )
     return 0
 

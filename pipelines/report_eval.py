@@ -11,11 +11,14 @@ overall variant such as ``leaderboard_2024``), ``features`` (``subset`` =
 the others; only for benchmarks whose records say which features they carry),
 ``section`` (RewardBench sections, Auto-J categories, domains) or ``subset``.
 Model ids of the form ``rm-{trainset}-seed{seed}`` fill the ``trainset`` and
-``seed`` columns; others leave them empty. The plot shows, per benchmark, the
-accuracy over all pairs and, where known, over the clean and the spurious pairs
-(one panel each): one group per trainset, a bar at the mean over seeds and one
-marker per seed. The clean panel is what the RM learned about the task; a scorer
-that only reads the injected features is at chance or below there.
+``seed`` columns; others leave them empty. The plot shows, per benchmark (its
+pair count under the name), the accuracy over all pairs and, where known, over
+the clean and the spurious pairs (one panel each): one group per trainset, a
+bar at the mean over seeds and one marker per seed beside it (seeds with equal
+values stay visible), chance as a dashed line, the legend outside the panels.
+The clean panel is what the RM learned about the task; a scorer that only reads
+the injected features is at chance or below there. The figure is sized for the
+report (:mod:`pipelines.common.figures`).
 """
 
 from __future__ import annotations
@@ -26,12 +29,18 @@ import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from pipelines.common.cli import handle_user_errors
-from pipelines.common.io import atomic_open, atomic_path
+from pipelines.common.figures import pyplot, save_png
+from pipelines.common.io import atomic_open
 from pipelines.common.logs import setup_logging
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +58,17 @@ ALL = "ALL"
 LEVELS = ("overall", "features", "section", "subset")
 FEATURE_GROUPS = ("clean", "spurious")
 PANELS = (
-    ("overall", ALL, "all pairs"),
-    ("features", "clean", "clean pairs (no injected feature)"),
-    ("features", "spurious", "pairs with an injected spurious feature"),
+    ("overall", ALL, "All pairs"),
+    (
+        "features",
+        "clean",
+        "Clean pairs (no injected feature): what the RM learned about the task",
+    ),
+    (
+        "features",
+        "spurious",
+        "Pairs whose chosen reply carries an injected spurious feature",
+    ),
 )
 MODEL_ID = re.compile(r"^rm-(?P<trainset>.+)-seed(?P<seed>\d+)$")
 MARKERS = ("o", "s", "^", "D", "v", "P", "*", "<", ">", "h")
@@ -92,8 +109,17 @@ def eval_rows(result: dict) -> list[dict]:
     return rows
 
 
+def _n_label(cells: pd.DataFrame, bench: str) -> str:
+    """``bench`` and its pair count in this panel (a range if models differ)."""
+    ns = cells.loc[cells["benchmark"] == bench, "n"]
+    if ns.empty:
+        return bench
+    lo, hi = int(ns.min()), int(ns.max())
+    return f"{bench}\n(n={lo})" if lo == hi else f"{bench}\n(n={lo}-{hi})"
+
+
 def _panel(ax, cells: pd.DataFrame, groups, benchmarks, marker_of, colors) -> None:
-    """One panel: bars at the mean over seeds, one marker per seed."""
+    """One panel: bars at the mean over seeds, one marker per seed beside it."""
     width = 0.8 / max(len(groups), 1)
     for g_idx, group in enumerate(groups):
         color = colors(g_idx % 10)
@@ -104,30 +130,75 @@ def _panel(ax, cells: pd.DataFrame, groups, benchmarks, marker_of, colors) -> No
                 continue
             x = b_idx - 0.4 + width * (g_idx + 0.5)
             ax.bar(
-                x,
-                cell["accuracy"].mean(),
-                width=width * 0.9,
-                color=color,
-                alpha=0.35,
+                x, cell["accuracy"].mean(), width=width * 0.9, color=color, alpha=0.35
             )
-            for _, row in cell.sort_values(["seed", "model_id"]).iterrows():
+            cell = cell.sort_values(["seed", "model_id"])
+            # spread the seeds' markers across the bar so equal values stay visible
+            offsets = (
+                np.linspace(-0.3, 0.3, len(cell)) * width if len(cell) > 1 else [0]
+            )
+            for dx, (_, row) in zip(offsets, cell.iterrows(), strict=True):
                 seed = row["seed"]
                 marker = NO_SEED if pd.isna(seed) else marker_of[int(seed)]
-                ax.plot(x, row["accuracy"], marker=marker, color=color, ls="none", ms=5)
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+                ax.plot(
+                    x + dx,
+                    row["accuracy"],
+                    marker=marker,
+                    color=color,
+                    mec="black",
+                    mew=0.6,
+                    ls="none",
+                    ms=6,
+                )
+    ax.axhline(0.5, color="grey", lw=0.9, ls="--")
     ax.set_xticks(range(len(benchmarks)))
-    ax.set_xticklabels(benchmarks, rotation=20, ha="right")
+    ax.set_xticklabels([_n_label(cells, b) for b in benchmarks], fontsize=8.5)
     ax.set_xlim(-0.5, len(benchmarks) - 0.5)
-    ax.set_ylim(0.0, 1.0)
-    ax.set_ylabel("pairwise accuracy")
+    ax.set_ylim(0.0, 1.05)
+    ax.set_ylabel("pairwise accuracy\n(fraction of pairs)", fontsize=8.5)
+    ax.grid(True, axis="y", lw=0.4, alpha=0.5)
 
 
-def _plot(table: pd.DataFrame, out_png: Path) -> None:
-    """One panel per pair group (all, clean, spurious) with grouped bars."""
-    import matplotlib
+def _legend(ax, groups, seeds, marker_of, colors, no_seed: bool) -> None:
+    """Training sets (bar colours), seeds (marker shapes) and chance, outside."""
+    plt = pyplot()
+    handles, labels = [], []
+    for g_idx, group in enumerate(groups):
+        handles.append(plt.Rectangle((0, 0), 1, 1, color=colors(g_idx % 10), alpha=0.5))
+        labels.append(f"{group} (bar: mean over seeds)")
+    for seed in seeds:
+        handles.append(
+            plt.Line2D(
+                [], [], marker=marker_of[seed], color="white", mec="black", ls="none"
+            )
+        )
+        labels.append(f"seed {seed}")
+    if no_seed:
+        handles.append(plt.Line2D([], [], marker=NO_SEED, color="black", ls="none"))
+        labels.append("no seed")
+    handles.append(plt.Line2D([], [], color="grey", lw=0.9, ls="--"))
+    labels.append("chance (0.5)")
+    ax.legend(
+        handles,
+        labels,
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        title="RM training set / seed",
+        title_fontsize=8,
+    )
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def eval_figure(table: pd.DataFrame) -> Figure:
+    """One panel per pair group (all, clean, spurious) with grouped bars.
+
+    Args:
+        table: the table of :func:`report_eval`.
+
+    Returns:
+        The figure (sized for the report, see :mod:`pipelines.common.figures`).
+    """
+    plt = pyplot()
 
     table = table.copy()
     table["group"] = table["trainset"].fillna(table["model_id"])
@@ -142,37 +213,26 @@ def _plot(table: pd.DataFrame, out_png: Path) -> None:
     seeds = sorted(int(s) for s in top["seed"].dropna().unique())
     marker_of = {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(seeds)}
     colors = plt.get_cmap("tab10")
+    # within figures.MAX_PX at its DPI with the legend beside the top panel
     span = len(benchmarks) * max(1.0, len(groups) / 2)
     fig, axes = plt.subplots(
         len(panels),
         1,
-        figsize=(min(4.0 + 1.2 * span, 24.0), 3.6 * len(panels)),
+        figsize=(min(3.5 + 1.1 * span, 7.6), 0.8 + 1.9 * len(panels)),
         squeeze=False,
     )
     for ax, (cells, title) in zip(axes[:, 0], panels, strict=True):
         _panel(ax, cells, groups, benchmarks, marker_of, colors)
-        ax.set_title(f"RM pairwise accuracy on {title} (bars: mean over seeds)")
-    handles, labels = [], []
-    for g_idx, group in enumerate(groups):
-        handles.append(plt.Rectangle((0, 0), 1, 1, color=colors(g_idx % 10), alpha=0.5))
-        labels.append(str(group))
-    for seed in seeds:
-        handles.append(
-            plt.Line2D([], [], marker=marker_of[seed], color="black", ls="none")
-        )
-        labels.append(f"seed {seed}")
-    if top["seed"].isna().any():
-        handles.append(plt.Line2D([], [], marker=NO_SEED, color="black", ls="none"))
-        labels.append("no seed")
-    axes[0, 0].legend(
-        handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1, 1)
+        ax.set_title(title, fontsize=9.5)
+    axes[-1, 0].set_xlabel("benchmark (n = pairs in the panel)")
+    _legend(axes[0, 0], groups, seeds, marker_of, colors, top["seed"].isna().any())
+    fig.suptitle(
+        "Held-out pairwise accuracy of the reward models, per benchmark"
+        f" ({len(seeds)} seed{'s' if len(seeds) != 1 else ''}: one marker each)",
+        fontsize=11,
     )
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(
-            tmp, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None}
-        )
-    plt.close(fig)
+    return fig
 
 
 def report_eval(evals: Sequence[Path], out_csv: Path, out_png: Path) -> pd.DataFrame:
@@ -213,7 +273,7 @@ def report_eval(evals: Sequence[Path], out_csv: Path, out_png: Path) -> pd.DataF
     table = table.reset_index(drop=True)
     with atomic_open(out_csv) as fh:
         table.to_csv(fh, index=False, float_format="%.6f")
-    _plot(table, Path(out_png))
+    save_png(eval_figure(table), Path(out_png))
     logger.info(
         "%d eval files -> %d rows in %s and %s",
         len(evals),

@@ -1,3 +1,8 @@
+# Report rules: each study's table and plot, registered for `snakemake --report`
+# (categories are numbered in the order a reader should go), and the summary the
+# report opens on (report/workflow.rst includes results/report/summary.rst).
+
+
 rule report_eval:
     input:
         evals=eval_targets(),
@@ -5,13 +10,15 @@ rule report_eval:
     output:
         csv=report(
             "results/report/eval.csv",
-            category="Evaluation",
+            category="2 Evaluation",
             caption="../report/eval_csv.rst",
+            labels={"result": "table: accuracy by subset"},
         ),
         png=report(
             "results/report/eval.png",
-            category="Evaluation",
+            category="2 Evaluation",
             caption="../report/eval_png.rst",
+            labels={"result": "plot: accuracy by benchmark"},
         ),
     log:
         "logs/report_eval/report_eval.log",
@@ -29,21 +36,26 @@ rule report_bon:
     output:
         csv=report(
             "results/report/bon.csv",
-            category="Best-of-n",
+            category="3 Best-of-n",
             caption="../report/bon_csv.rst",
+            labels={"result": "table: curves per objective"},
         ),
         png=report(
             "results/report/bon.png",
-            category="Best-of-n",
+            category="3 Best-of-n",
             caption="../report/bon_png.rst",
+            labels={"result": "plot: gold and proxy vs KL"},
         ),
     log:
         "logs/report_bon/report_bon.log",
     localrule: True
     conda:
         "../envs/eval.yaml"
+    params:
+        gold=config["bon"]["generate"]["gold_model"] or "verifier",
     shell:
         "python -m pipelines.report_bon --results {input.results}"
+        " --gold {params.gold:q}"
         " --out-csv {output.csv} --out-png {output.png} > {log} 2>&1"
 
 
@@ -55,13 +67,15 @@ rule report_dogerm:
     output:
         csv=report(
             "results/report/dogerm.csv",
-            category="DogeRM",
+            category="4 DogeRM",
             caption="../report/dogerm_csv.rst",
+            labels={"result": "table: scores per weight"},
         ),
         png=report(
             "results/report/dogerm.png",
-            category="DogeRM",
+            category="4 DogeRM",
             caption="../report/dogerm_png.rst",
+            labels={"result": "plot: scores vs weight"},
         ),
     log:
         "logs/report_dogerm/report_dogerm.log",
@@ -70,7 +84,49 @@ rule report_dogerm:
         "../envs/eval.yaml"
     params:
         ns=json.dumps(config["merge"]["bon_ns"]),
+        gold=config["bon"]["generate"]["gold_model"] or "verifier",
     shell:
         "python -m pipelines.report_dogerm --evals {input.evals}"
         " --scores {input.scores} --gens {input.gens} --ns '{params.ns}'"
+        " --gold {params.gold:q}"
         " --out-csv {output.csv} --out-png {output.png} > {log} 2>&1"
+
+
+rule report_summary:
+    input:
+        data=data_targets(),
+        models=[*sft_targets(), *map(model_path, rm_model_ids() + merged_model_ids())],
+        evals=[*eval_targets(), *dogerm_evals()],
+        eval_csv=rules.report_eval.output.csv,
+        bon_csv=rules.report_bon.output.csv,
+        dogerm_csv=rules.report_dogerm.output.csv,
+    output:
+        rst="results/report/summary.rst",
+        csv=report(
+            "results/report/headline.csv",
+            category="1 Summary",
+            caption="../report/headline_csv.rst",
+            labels={"result": "table: headline numbers"},
+        ),
+        config=report(
+            "results/report/config.yaml",
+            category="1 Summary",
+            caption="../report/config_yaml.rst",
+            labels={"result": "config used (YAML)"},
+        ),
+    log:
+        "logs/report_summary/report_summary.log",
+    localrule: True
+    conda:
+        "../envs/eval.yaml"
+    params:
+        # the science only: compute sizes change no result (and rerun nothing)
+        config=json.dumps(
+            {k: v for k, v in config.items() if k != "compute"}, sort_keys=True
+        ),
+    shell:
+        "python -m pipelines.report_summary --config-json {params.config:q}"
+        " --data {input.data} --models {input.models} --evals {input.evals}"
+        " --eval-csv {input.eval_csv} --bon-csv {input.bon_csv}"
+        " --dogerm-csv {input.dogerm_csv} --out-rst {output.rst}"
+        " --out-csv {output.csv} --out-config {output.config} > {log} 2>&1"

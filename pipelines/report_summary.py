@@ -1,0 +1,493 @@
+r"""The report's opening page: what was run and each study's headline numbers.
+
+    python -m pipelines.report_summary --config-json "$(cat used.json)" \
+        --data results/data/math/train.jsonl ... \
+        --models results/models/sft/general results/models/rm/math/seed0 ... \
+        --evals results/eval/rm-math-seed0/math-test.json ... \
+        --eval-csv results/report/eval.csv --bon-csv results/report/bon.csv \
+        --dogerm-csv results/report/dogerm.csv \
+        --out-rst results/report/summary.rst --out-csv results/report/headline.csv \
+        --out-config results/report/config.yaml
+
+Every number on the page is read or computed from result files, never typed:
+
+* what was run: the preset and settings of the config actually used
+  (``--config-json``, also written whole to ``--out-config``), the pairs per
+  domain and split (lines of the data files), each model's architecture,
+  parameter count (from the safetensors headers, no torch) and training
+  record (its ``run_config.json``), the seeds, and the library versions
+  recorded by training (``run_config.json``) and scoring (eval JSONs);
+* evaluation: per RM training set and benchmark, pairwise accuracy over all,
+  clean and spurious pairs as mean ± sample SD over the seeds;
+* best-of-n: per objective, proxy and gold score at its largest n, against n=1
+  (for the single RMs, mean ± SD over seeds);
+* DogeRM: per merged LM domain and benchmark (accuracy) or gens domain
+  (best-of-n gold at the largest n), the score at w=0 (the plain RM) and the
+  best weight (ties to the smallest w).
+
+The same headline numbers go to ``--out-csv`` (one row each, full precision).
+A study whose table is not given is left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from pipelines.common.cli import handle_user_errors
+from pipelines.common.headline import (
+    HEADLINE_COLUMNS,
+    PAIR_GROUPS,
+    bon_headline,
+    dogerm_headline,
+    eval_headline,
+)
+from pipelines.common.io import atomic_open
+from pipelines.common.logs import setup_logging
+from pipelines.common.provenance import (
+    NOT_SET,
+    data_sizes,
+    model_record,
+    versions_table,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    """A number as the page shows it (``—`` for missing)."""
+    if value is None or not np.isfinite(value):
+        return NOT_SET
+    return f"{value:.{digits}f}"
+
+
+def fmt_spread(stats: Mapping[str, float]) -> str:
+    """``mean ± SD`` (just the value when one seed)."""
+    if stats["k"] == 0:
+        return NOT_SET
+    if stats["k"] == 1:
+        return fmt(stats["value"])
+    return f"{fmt(stats['value'])} ± {fmt(stats['sd'])}"
+
+
+def list_table(title: str, header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """An rst ``list-table`` (cells are plain text)."""
+    lines = [f".. list-table:: {title}", "   :header-rows: 1", ""]
+    for row in [header, *rows]:
+        cells = [str(c).replace("\n", " ") or NOT_SET for c in row]
+        lines.append(f"   * - {cells[0]}")
+        lines.extend(f"     - {c}" for c in cells[1:])
+    return "\n".join(lines) + "\n"
+
+
+def section(title: str, body: Sequence[str]) -> str:
+    """An rst section (``-`` underline) with blank-line separated blocks."""
+    return "\n".join([title, "-" * len(title), "", "\n\n".join(body), ""])
+
+
+def lit(text: object) -> str:
+    """``text`` as an rst inline literal, so ids and paths are never markup."""
+    return f"``{text}``"
+
+
+def _join(values: Iterable) -> str:
+    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def run_paragraph(config: Mapping) -> str:
+    """What the config asked for, in one paragraph (values read from it)."""
+    data, rm = config.get("data", {}), config.get("rm", {})
+    bon, merge = config.get("bon", {}), config.get("merge", {})
+    policy = config.get("models", {}).get("policy")
+    sizes = _join(f"{k} {v}" for k, v in sorted(data.get("sizes", {}).items()))
+    parts = [
+        f"Preset **{config.get('preset', NOT_SET)}**; policy"
+        f" {lit(policy) if policy else 'a GPT-NeoX model trained here'}.",
+        f"Domains {_join(data.get('domains', []))} ({sizes} pairs asked per"
+        f" domain, data seed {data.get('seed', NOT_SET)}).",
+        f"Reward models trained on {_join(rm.get('trainsets', []))} with seeds"
+        f" {_join(rm.get('seeds', []))}.",
+    ]
+    if bon:
+        gen = bon.get("generate", {})
+        gold = gen.get("gold_model")
+        parts.append(
+            f"Best-of-n on {_join(bon.get('domains', []))}: {gen.get('big_n')}"
+            f" candidates for each of {gen.get('n_prompts')} prompts per domain,"
+            f" n in {{{_join(bon.get('sample_ns', []))}}}, ensembles of the"
+            f" {bon.get('trainset')} RMs, gold"
+            f" {lit(gold) if gold else 'the programmatic verifier'}."
+        )
+    if merge.get("domains"):
+        rm_name = (
+            lit(merge["rm_model"])
+            if merge.get("rm_model")
+            else f"{merge.get('rm_trainset')} (seed {merge.get('rm_seed')})"
+        )
+        parts.append(
+            f"DogeRM merges the {rm_name} RM with the"
+            f" {_join(merge['domains'])} LMs at LM weight w in"
+            f" {{{_join(merge.get('weights', []))}}}."
+        )
+    return " ".join(parts)
+
+
+def data_table(sizes: pd.DataFrame) -> str:
+    """Pairs per domain and split, and SFT examples per domain."""
+    wide = sizes.pivot_table(index="domain", columns="split", values="n", aggfunc="sum")
+    order = [c for c in ("train", "test", "sft") if c in wide.columns]
+    order += sorted(c for c in wide.columns if c not in order)
+    rows = [[d, *(_int(wide.loc[d, c]) for c in order)] for d in wide.index]
+    header = [
+        "domain",
+        *(f"{c} ({'examples' if c == 'sft' else 'pairs'})" for c in order),
+    ]
+    return list_table("Data as built (lines per file)", header, rows)
+
+
+def _int(value: float) -> str:
+    return NOT_SET if pd.isna(value) else str(int(value))
+
+
+def models_table(models: Sequence[dict]) -> str:
+    """One row per SFT model, per RM training set (its seeds), per merge pair."""
+    groups: dict[str, list[dict]] = {}
+    for rec in models:
+        groups.setdefault(rec["group"], []).append(rec)
+    rows = []
+    for group, recs in groups.items():
+        first = recs[0]
+        params = sorted({r["parameters"] for r in recs if r["parameters"] is not None})
+        details = list(dict.fromkeys(r["detail"] for r in recs))
+        source = " + ".join(map(lit, first["source"]))
+        if first["role"] == "merged":
+            detail = f"LM weights {', '.join(details)} of {source}"
+        else:
+            detail = f"{'; '.join(details)} from {source}"
+        seeds = sorted({r["seed"] for r in recs if r["seed"] is not None})
+        rows.append(
+            [
+                first["role"],
+                lit(group) + (f" ({len(recs)} models)" if len(recs) > 1 else ""),
+                first["arch"] or NOT_SET,
+                ", ".join(f"{p:,}" for p in params) or NOT_SET,
+                detail,
+                _join(seeds) or NOT_SET,
+            ]
+        )
+    header = [
+        "role",
+        "folder",
+        "architecture",
+        "parameters",
+        "trained",
+        "seeds",
+    ]
+    return list_table("Models", header, rows)
+
+
+def _pick(rows: Sequence[dict], **match: str) -> dict | None:
+    for row in rows:
+        if all(row[k] == v for k, v in match.items()):
+            return row
+    return None
+
+
+def eval_section(rows: Sequence[dict]) -> str:
+    """Accuracy table and a sentence per training set."""
+    keys = list(dict.fromkeys((r["group"], r["item"]) for r in rows))
+    table, sentences = [], []
+    for group, bench in keys:
+        cells = {}
+        for name, _, _ in PAIR_GROUPS:
+            row = _pick(rows, group=group, item=bench, quantity=f"accuracy_{name}")
+            cells[name] = row
+        seeds = max(r["n_seeds"] for r in cells.values() if r)
+        table.append(
+            [
+                lit(group),
+                lit(bench),
+                *(fmt_spread(_as_stats(cells[n])) for n, _, _ in PAIR_GROUPS),
+                " / ".join(
+                    str(cells[n]["n"]) if cells[n] else NOT_SET
+                    for n, _, _ in PAIR_GROUPS
+                ),
+                seeds,
+            ]
+        )
+    for group in dict.fromkeys(g for g, _ in keys):
+        means = []
+        for name, _, _ in PAIR_GROUPS:
+            vals = [
+                r["value"]
+                for r in rows
+                if r["group"] == group and r["quantity"] == f"accuracy_{name}"
+            ]
+            means.append(f"{name} {fmt(float(np.mean(vals)))}" if vals else None)
+        sentences.append(
+            f"**{group}**, averaged over benchmarks and seeds: "
+            + ", ".join(m for m in means if m)
+            + "."
+        )
+    header = [
+        "RM training set",
+        "benchmark",
+        "all pairs",
+        "clean pairs",
+        "spurious pairs",
+        "pairs (all / clean / spurious)",
+        "seeds",
+    ]
+    return section(
+        "Evaluation",
+        [
+            "Held-out pairwise accuracy (fraction of pairs where the RM scores the"
+            " chosen reply above the rejected one; chance 0.5), mean ± sample SD"
+            " over seeds. *Clean* pairs carry no injected spurious feature: that"
+            " column is what the RM learned about the task. " + " ".join(sentences),
+            list_table(
+                "Pairwise accuracy per training set and benchmark", header, table
+            ),
+            "Figure `eval.png`_, full table `eval.csv`_.",
+        ],
+    )
+
+
+def _as_stats(row: dict | None) -> dict:
+    if row is None:
+        return {"k": 0}
+    return {"value": row["value"], "sd": row["sd"], "k": row["n_seeds"]}
+
+
+def bon_section(rows: Sequence[dict]) -> str:
+    """Proxy and gold at the largest n per objective, against gold at n=1."""
+    table = []
+    objectives = list(dict.fromkeys(r["group"] for r in rows))
+    for objective in objectives:
+        get = {
+            q: _pick(rows, group=objective, quantity=q)
+            for q in ("n", "kl_bon", "proxy", "gold", "gold_n1")
+        }
+        seeds = get["gold"]["n_seeds"]
+        label = lit(objective) + ("" if seeds == 1 else f" ({seeds} seeds)")
+        table.append(
+            [
+                label,
+                _int(get["n"]["max"]),
+                fmt(get["kl_bon"]["value"]),
+                fmt_spread(_as_stats(get["proxy"])),
+                fmt_spread(_as_stats(get["gold"])),
+                fmt_spread(_as_stats(get["gold_n1"])),
+            ]
+        )
+    golds = {o: _pick(rows, group=o, quantity="gold")["value"] for o in objectives}
+    best = max(golds.values())
+    winners = [o for o, g in golds.items() if np.isclose(g, best, rtol=0, atol=1e-9)]
+    sentence = (
+        f"Highest gold at the largest n: {fmt(best)} ({_join(map(lit, winners))})."
+        if len(winners) < len(golds)
+        else f"Every objective reaches the same gold at the largest n: {fmt(best)}."
+    )
+    header = [
+        "objective",
+        "n",
+        "KL_bon (nats)",
+        "proxy score",
+        "gold score",
+        "gold at n=1",
+    ]
+    return section(
+        "Best-of-n",
+        [
+            "Expected proxy and gold score of the candidate best-of-n picks"
+            " (unbiased estimator over the sampled candidates, mean over prompts)"
+            " at each objective's largest n; single RMs as mean ± SD over seeds."
+            " Gold rising with n is real improvement; proxy rising while gold"
+            " stalls or falls is over-optimisation. " + sentence,
+            list_table("Best-of-n at the largest n", header, table),
+            "Figure `bon.png`_, full table `bon.csv`_.",
+        ],
+    )
+
+
+def dogerm_section(rows: Sequence[dict]) -> str:
+    """Score at w=0 and at the best weight per LM domain and benchmark."""
+    table, better = [], 0
+    items = list(dict.fromkeys((r["group"], r["item"]) for r in rows))
+    for lm, item in items:
+        get = {
+            q: _pick(rows, group=lm, item=item, quantity=q)["value"]
+            for q in ("w0", "best_weight", "best")
+        }
+        gain = get["best"] - get["w0"]
+        better += bool(get["best_weight"] > 0 and gain > 0)
+        table.append(
+            [
+                lit(lm),
+                lit(item),
+                fmt(get["w0"]),
+                f"{get['best_weight']:g}",
+                fmt(get["best"]),
+                fmt(gain),
+            ]
+        )
+    header = [
+        "LM domain",
+        "metric and benchmark",
+        "w=0 (plain RM)",
+        "best w",
+        "at best w",
+        "gain",
+    ]
+    return section(
+        "DogeRM",
+        [
+            "The general RM merged with each domain LM at LM weight w: accuracy"
+            " on each test split and best-of-n gold (argmax over the first n"
+            " candidates) at the largest n; the best w is the smallest among"
+            f" ties. Merging beats the plain RM on {better} of {len(items)} rows.",
+            list_table("DogeRM: plain RM against the best merge weight", header, table),
+            "Figure `dogerm.png`_, full table `dogerm.csv`_.",
+        ],
+    )
+
+
+def run_section(
+    config: Mapping, sizes: pd.DataFrame, models: Sequence[dict], versions: list
+) -> str:
+    """What was run: design, data, models, library versions."""
+    body = [run_paragraph(config)]
+    if len(sizes):
+        body.append(data_table(sizes))
+    if models:
+        body.append(models_table(models))
+    if versions:
+        body.append(list_table("Library versions", ["package", "version"], versions))
+    body.append(
+        "The whole configuration used (preset, workflow_config.yaml, command-line"
+        " config and schema defaults, resolved): `config.yaml`_; every headline"
+        " number below at full precision: `headline.csv`_."
+    )
+    return section("What was run", body)
+
+
+def report_summary(
+    *,
+    config: Mapping,
+    data: Sequence[Path],
+    models: Sequence[Path],
+    evals: Sequence[Path],
+    eval_csv: Path | None,
+    bon_csv: Path | None,
+    dogerm_csv: Path | None,
+    out_rst: Path,
+    out_csv: Path,
+    out_config: Path,
+) -> pd.DataFrame:
+    """Write the opening page, its headline numbers and the config used.
+
+    Args:
+        config: the config the workflow ran with.
+        data: preference-pair and SFT JSONL files (paths as in DESIGN.md).
+        models: saved model folders (each with ``run_config.json``).
+        evals: eval JSONs (their recorded library versions are listed).
+        eval_csv: ``report_eval``'s table, or None to leave the study out.
+        bon_csv: ``report_bon``'s table, or None.
+        dogerm_csv: ``report_dogerm``'s table, or None.
+        out_rst: the page (reStructuredText, included by report/workflow.rst).
+        out_csv: the headline numbers (columns :data:`HEADLINE_COLUMNS`).
+        out_config: ``config`` as YAML.
+
+    Returns:
+        The headline table.
+
+    Raises:
+        ValueError: when a model folder has no ``run_config.json``.
+    """
+    sizes = data_sizes(data)
+    records = [model_record(Path(m)) for m in models]
+    parts = [run_section(config, sizes, records, versions_table(records, evals))]
+    rows: list[dict] = []
+    for path, headline, render in (
+        (eval_csv, eval_headline, eval_section),
+        (bon_csv, bon_headline, bon_section),
+        (dogerm_csv, dogerm_headline, dogerm_section),
+    ):
+        if path is None:
+            continue
+        found = headline(Path(path))
+        if found:
+            parts.append(render(found))
+            rows.extend(found)
+    table = pd.DataFrame(rows, columns=list(HEADLINE_COLUMNS))
+    with atomic_open(out_csv) as fh:
+        table.to_csv(fh, index=False, float_format="%.6f")
+    with atomic_open(out_config) as fh:
+        yaml.safe_dump(dict(config), fh, sort_keys=True, allow_unicode=True)
+    with atomic_open(out_rst) as fh:
+        fh.write("\n\n".join(parts))
+    logger.info(
+        "%d data files, %d models, %d headline numbers -> %s, %s, %s",
+        len(data),
+        len(records),
+        len(table),
+        out_rst,
+        out_csv,
+        out_config,
+    )
+    return table
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The CLI of :func:`report_summary`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.report_summary", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--config-json", type=json.loads, required=True, help="the config as JSON"
+    )
+    for flag, what in (
+        ("--data", "preference-pair and SFT JSONL files"),
+        ("--models", "model folders with run_config.json"),
+        ("--evals", "eval JSON files"),
+    ):
+        parser.add_argument(flag, nargs="*", type=Path, default=[], help=what)
+    for flag in ("--eval-csv", "--bon-csv", "--dogerm-csv"):
+        parser.add_argument(flag, type=Path, help="a study's report table")
+    parser.add_argument("--out-rst", type=Path, required=True, help="page to write")
+    parser.add_argument("--out-csv", type=Path, required=True, help="CSV to write")
+    parser.add_argument(
+        "--out-config", type=Path, required=True, help="config YAML to write"
+    )
+    return parser
+
+
+@handle_user_errors
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI."""
+    args = make_parser().parse_args(argv)
+    setup_logging()
+    report_summary(
+        config=args.config_json,
+        data=args.data,
+        models=args.models,
+        evals=args.evals,
+        eval_csv=args.eval_csv,
+        bon_csv=args.bon_csv,
+        dogerm_csv=args.dogerm_csv,
+        out_rst=args.out_rst,
+        out_csv=args.out_csv,
+        out_config=args.out_config,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
