@@ -308,7 +308,7 @@ def _inspect_and_rerun(work, cfg, tmp_path):
 
     # --forcerun one rule: it and its descendants; --until: only its ancestors
     jobs = _jobs(dry("-n", "all", "--forcerun", "bon_ensemble"))
-    assert set(jobs) == {"bon_ensemble", "report_bon", "all"}
+    assert set(jobs) == {"bon_ensemble", "report_bon", "report_summary", "all"}
     report = work / "results/report/bon.csv"
     before = report.stat().st_mtime_ns, (work / "results/bon/ensemble_uwo.json")
     res = run_snakemake(
