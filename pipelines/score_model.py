@@ -71,6 +71,10 @@ logger = logging.getLogger(__name__)
 VERSIONED_PACKAGES = ("torch", "transformers", "tokenizers", "datasets", "numpy")
 
 
+class ScoreInputError(UserError, ValueError):
+    """Inputs that cannot be scored: none, clashing names, an empty gens file."""
+
+
 @dataclass
 class _Input:
     """One input read from disk, with what the store records about it."""
@@ -97,7 +101,9 @@ def spec_files(spec: Mapping[str, object]) -> list[str]:
 
 def _read_benchmark(name: str, spec: Mapping, settings: InputSettings) -> _Input:
     if "/" in name or not name:
-        raise UserError(f"benchmark name {name!r}: must be non-empty, without '/'")
+        raise ScoreInputError(
+            f"benchmark name {name!r}: must be non-empty, without '/'"
+        )
     bench = load_benchmark(spec)
     recs = bench.records
     return _Input(
@@ -145,12 +151,12 @@ def _read_gens(path: Path, settings: InputSettings) -> _Input:
             raise RecordError(str(path), row, value.field, value.problem)
         lines.append(_check_line(value, str(path), row))
     if not lines:
-        raise UserError(f"{path}: no candidates")
+        raise ScoreInputError(f"{path}: no candidates")
     ids = [str(ln["prompt_id"]) for ln in lines]
     seen: set[str] = set()
     for pid in ids:
         if pid in seen:
-            raise UserError(f"{path}: prompt_id {pid!r} repeats")
+            raise ScoreInputError(f"{path}: prompt_id {pid!r} repeats")
         seen.add(pid)
     return _Input(
         name=gens_input_name(path),
@@ -180,11 +186,11 @@ def read_inputs(
     items = [_read_benchmark(n, s, pair_settings) for n, s in benchmarks.items()]
     items += [_read_gens(Path(p), candidate_settings) for p in gens]
     if not items:
-        raise UserError("nothing to score: give --benchmark and/or --gens")
+        raise ScoreInputError("nothing to score: give --benchmark and/or --gens")
     names = [it.name for it in items]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise UserError(
+        raise ScoreInputError(
             f"inputs share names {repeated} (gens files need distinct stems)"
         )
     return items
@@ -405,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     benchmarks: dict[str, dict] = {}
     for name, text in args.benchmark:
         if name in benchmarks:
-            raise UserError(f"--benchmark {name} given twice")
+            raise ScoreInputError(f"--benchmark {name} given twice")
         benchmarks[name] = parse_benchmark_spec(text)
     log_run_header(
         logger,
