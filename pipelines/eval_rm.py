@@ -312,7 +312,7 @@ def _settings(scores: Path, got: PairScores, cfg: EvalConfig) -> dict:
         "new_score_head": load["new_score_head"],
         "versions": meta["versions"],
         "score_store": str(scores),
-        "scored_with": sorted(meta["inputs"]),
+        "scored_with": info.get("pool", sorted(meta["inputs"])),
     }
 
 

@@ -46,10 +46,12 @@ from pipelines.common.cli import (
 from pipelines.common.io import LineProblem, iter_jsonl
 from pipelines.common.logs import library_versions, log_run_header, setup_logging
 from pipelines.common.records import ROLES, RecordError
+from pipelines.common.score_reuse import input_key, load_context, reusable
 from pipelines.common.score_store import (
     CANDIDATE,
     CANDIDATES,
     CHOSEN,
+    COLUMNS,
     NO_CANDIDATE,
     PAIRS,
     REJECTED,
@@ -196,44 +198,27 @@ def read_inputs(
     return items
 
 
-def _columns(items: Sequence[_Input], scored: Mapping[str, Scored]) -> dict[str, list]:
-    """Store rows: pairs row by row (chosen, rejected), candidates line by line."""
-    cols: dict[str, list] = {
-        k: [] for k in ("input", "row", "id", "side", "cand_idx", "score", "truncated")
-    }
+def _columns(item: _Input, got: Scored) -> dict[str, list]:
+    """Store rows of one input: pairs row by row, candidates line by line."""
+    cols: dict[str, list] = {k: [] for k in COLUMNS}
 
-    def add(
-        name: str, row: int, rid: str, side: str, cand: int, score: float, cut: bool
-    ) -> None:
-        cols["input"].append(name)
-        cols["row"].append(row)
-        cols["id"].append(rid)
-        cols["side"].append(side)
-        cols["cand_idx"].append(cand)
-        cols["score"].append(float(score))
-        cols["truncated"].append(bool(cut))
+    def add(row: int, rid: str, side: str, cand: int, k: int) -> None:
+        values = (item.name, row, rid, side, cand)
+        values += (float(got.scores[k]), bool(got.truncated[k]))
+        for name, value in zip(COLUMNS, values, strict=True):
+            cols[name].append(value)
 
-    for it in items:
-        got = scored[it.name]
-        if it.kind == PAIRS:
-            n = len(it.ids)
-            for i, rid in enumerate(it.ids):
-                for side, k in ((CHOSEN, i), (REJECTED, n + i)):
-                    add(
-                        it.name,
-                        i,
-                        rid,
-                        side,
-                        NO_CANDIDATE,
-                        got.scores[k],
-                        got.truncated[k],
-                    )
-        else:
-            k = 0
-            for i, (rid, size) in enumerate(zip(it.ids, it.sizes, strict=True)):
-                for c in range(size):
-                    add(it.name, i, rid, CANDIDATE, c, got.scores[k], got.truncated[k])
-                    k += 1
+    if item.kind == PAIRS:
+        n = len(item.ids)
+        for i, rid in enumerate(item.ids):
+            add(i, rid, CHOSEN, NO_CANDIDATE, i)
+            add(i, rid, REJECTED, NO_CANDIDATE, n + i)
+    else:
+        k = 0
+        for i, (rid, size) in enumerate(zip(item.ids, item.sizes, strict=True)):
+            for c in range(size):
+                add(i, rid, CANDIDATE, c, k)
+                k += 1
     return cols
 
 
@@ -256,6 +241,36 @@ def _input_record(it: _Input, got: Scored) -> dict:
     return rec
 
 
+def _row_ids(item: _Input) -> list[str]:
+    """The record id of each stored row group: per pair, or per candidate."""
+    if item.kind == PAIRS:
+        return list(item.ids)
+    return [
+        rid for rid, size in zip(item.ids, item.sizes, strict=True) for _ in range(size)
+    ]
+
+
+def _previous(
+    out: Path, model: str, cfg: ScorerConfig, items: Sequence[_Input]
+) -> tuple[dict[str, str | None], dict, dict]:
+    """Keys of the inputs now, and the previous store's reusable inputs."""
+    context = load_context(model, cfg) if cfg.reuse else None
+    keys = {
+        it.name: input_key(
+            context,
+            kind=it.kind,
+            source=it.source,
+            files=it.files,
+            settings=it.settings,
+        )
+        for it in items
+    }
+    if not cfg.reuse:
+        return keys, {}, {}
+    meta, rows = reusable(out, keys, {it.name: _row_ids(it) for it in items})
+    return keys, meta, rows
+
+
 def score_model(
     model: str,
     out: Path,
@@ -269,6 +284,11 @@ def score_model(
 ) -> dict:
     """Score every benchmark pair and candidate with one load; write the store.
 
+    Inputs whose key is unchanged since the store at ``out`` was written are
+    copied from it, not scored again (``cfg.reuse``,
+    :mod:`pipelines.common.score_reuse`); when all are, the model is not
+    loaded at all.
+
     Args:
         model: folder or hub id of a sequence-classification model.
         out: the store to write (atomically; nothing is written on failure).
@@ -280,64 +300,85 @@ def score_model(
         candidate_settings: encoding of every candidate conversation.
 
     Returns:
-        Summary: ``n_sequences``, ``seconds`` (load, encode and score) and
-        per input ``n_sequences``, ``n_truncated`` and ``mean_score``.
+        Summary: ``n_sequences``, ``n_scored`` (the rest were reused),
+        ``reused`` (input names), ``seconds`` (load, score) and per input
+        ``n_sequences``, ``n_truncated`` and ``mean_score``.
 
     Raises:
         UserError: on bad inputs (see :func:`read_inputs`).
     """
     from pipelines.common.scoring import load_scorer, score_inputs
 
-    pair_settings = pair_settings or InputSettings()
-    candidate_settings = candidate_settings or InputSettings()
     items = read_inputs(
         benchmarks or {},
         gens,
-        pair_settings=pair_settings,
-        candidate_settings=candidate_settings,
+        pair_settings=pair_settings or InputSettings(),
+        candidate_settings=candidate_settings or InputSettings(),
     )
+    keys, previous, reused = _previous(Path(out), model, cfg, items)
+    fresh = [it for it in items if it.name not in reused]
     start = time.perf_counter()
-    scorer = load_scorer(model, cfg)
-    loaded = time.perf_counter()
-    scored = score_inputs(
-        scorer,
-        [ScoringInput(it.name, it.conversations, it.settings) for it in items],
-        what=f"score_model {model_id}",
-    )
+    columns: dict[str, dict[str, list]] = {}
+    inputs: dict[str, dict] = {}
+    if fresh:
+        scorer = load_scorer(model, cfg)
+        loaded = time.perf_counter()
+        scored = score_inputs(
+            scorer,
+            [ScoringInput(it.name, it.conversations, it.settings) for it in fresh],
+            what=f"score_model {model_id}",
+        )
+        pool = [it.name for it in fresh]
+        for it in fresh:
+            columns[it.name] = _columns(it, scored[it.name])
+            inputs[it.name] = {**_input_record(it, scored[it.name]), "pool": pool}
+        load, tokenizer = scorer.record(), scorer.tokenizer_name
+    else:  # every key matched: same model bytes, settings, device and code
+        loaded = start
+        load, tokenizer = previous["load"], previous["tokenizer"]
     done = time.perf_counter()
-    inputs = {it.name: _input_record(it, scored[it.name]) for it in items}
+    for name, rows in reused.items():
+        columns[name] = {c: rows[c].tolist() for c in COLUMNS}
+        inputs[name] = previous["inputs"][name]
+    for name in inputs:
+        inputs[name]["key"] = keys[name]
+    order = [it.name for it in items]
     metadata = {
         "model_id": model_id,
         "model": str(model),
-        "tokenizer": scorer.tokenizer_name,
-        "load": scorer.record(),
+        "tokenizer": tokenizer,
+        "load": load,
         "sort_by_length": True,
         "versions": library_versions(VERSIONED_PACKAGES),
-        "inputs": inputs,
+        "inputs": {name: inputs[name] for name in order},
     }
-    write_store(out, _columns(items, scored), metadata)
+    merged = {c: [v for name in order for v in columns[name][c]] for c in COLUMNS}
+    write_store(out, merged, metadata)
+    scores = {name: np.asarray(columns[name]["score"]) for name in order}
     summary = {
-        "n_sequences": sum(v["n_sequences"] for v in inputs.values()),
+        "n_sequences": len(merged["score"]),
+        "n_scored": sum(len(columns[it.name]["score"]) for it in fresh),
+        "reused": sorted(reused),
         "seconds": {"load": loaded - start, "score": done - loaded},
         "inputs": {
             name: {
-                "n_sequences": v["n_sequences"],
-                "n_truncated": v["n_truncated"],
-                "mean_score": float(np.mean(scored[name].scores)),
+                "n_sequences": inputs[name]["n_sequences"],
+                "n_truncated": inputs[name]["n_truncated"],
+                "mean_score": float(np.mean(scores[name])),
             }
-            for name, v in inputs.items()
+            for name in order
         },
     }
-    rate = summary["n_sequences"] / max(done - loaded, 1e-9)
     logger.info(
-        "%s: %d sequences of %d inputs scored in %.2fs (%.1f/s) after a %.2fs"
-        " load -> %s; per input %s",
+        "%s: %d sequences of %d inputs scored in %.2fs after a %.2fs load, %d"
+        " sequences of %s reused from the previous store -> %s; per input %s",
         model_id,
-        summary["n_sequences"],
-        len(items),
+        summary["n_scored"],
+        len(fresh),
         done - loaded,
-        rate,
         loaded - start,
+        summary["n_sequences"] - summary["n_scored"],
+        summary["reused"] or "no input",
         out,
         json.dumps(summary["inputs"], sort_keys=True),
     )

@@ -5,7 +5,9 @@ rule score_model:
         gens=score_model_gens,
         template=score_model_templates,
     output:
-        scores="results/scores/{model_id}.parquet",
+        # update: the job reads the previous store and copies the scores of
+        # unchanged inputs (score.reuse); Snakemake restores it on failure
+        scores=update("results/scores/{model_id}.parquet"),
     log:
         "logs/score_model/{model_id}.log",
     benchmark:

@@ -78,6 +78,11 @@ class ScorerConfig:
         " score head (a new one is initialised)",
         default=0,
     )
+    reuse: bool = field_help(
+        "copy the scores of inputs whose key (model, settings, code and input"
+        " bytes) is unchanged from the store being rewritten",
+        default=True,
+    )
 
     def __post_init__(self) -> None:
         """Reject values the scorer cannot honour."""

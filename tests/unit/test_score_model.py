@@ -432,3 +432,116 @@ def test_cli_bad_line_is_one_line_and_exit_2(tmp_path):
     )
     assert "Traceback" not in res.stderr
     assert not out.exists()
+
+
+def _store(world, rm, out, benchmarks, gens, *, pair_len=PAIR_LEN, reuse=True):
+    return score_model(
+        rm,
+        out,
+        model_id="m",
+        cfg=ScorerConfig(batch_size=BATCH, device="cpu", reuse=reuse),
+        benchmarks={k: world["bench"][k] for k in benchmarks},
+        gens=gens,
+        pair_settings=InputSettings(max_length=pair_len),
+        candidate_settings=InputSettings(max_length=CAND_LEN),
+    )
+
+
+def test_adding_a_benchmark_scores_only_that_benchmark(world, tmp_path, monkeypatch):
+    rm, gens = world["rms"][0], world["gens"][1:]
+    out = tmp_path / "s.parquet"
+    first = _store(world, rm, out, ["math-test"], gens)
+    assert first["reused"] == [] and first["n_scored"] == first["n_sequences"]
+    before = read_rows(out)
+    added = _store(world, rm, out, ["math-test", "general-test"], gens)
+    n_general = 2 * len(read_pairs(world["bench"]["general-test"]["path"]))
+    assert added["reused"] == ["gens/math", "math-test"]
+    assert added["n_scored"] == n_general
+    after = read_rows(out)
+    for name in ("math-test", "gens/math"):  # copied as they were
+        assert (
+            after[after["input"] == name]
+            .reset_index(drop=True)
+            .equals(before[before["input"] == name].reset_index(drop=True))
+        )
+    fresh = tmp_path / "fresh.parquet"
+    _store(world, rm, fresh, ["math-test", "general-test"], gens, reuse=False)
+    ref = read_rows(fresh)
+    assert after[["input", "row", "id", "side", "cand_idx"]].equals(
+        ref[["input", "row", "id", "side", "cand_idx"]]
+    )
+    np.testing.assert_allclose(after["score"], ref["score"], atol=1e-6, rtol=0)
+    meta = read_metadata(out)
+    assert meta["inputs"]["general-test"]["pool"] == ["general-test"]
+    assert meta["inputs"]["math-test"]["pool"] == ["math-test", "gens/math"]
+    assert len({meta["inputs"][n]["key"] for n in meta["inputs"]}) == 3
+
+    # nothing changed: the model is not even loaded
+    import pipelines.common.scoring as scoring
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded although every input is reused")
+
+    monkeypatch.setattr(scoring, "load_scorer", no_load)
+    again = _store(world, rm, out, ["math-test", "general-test"], gens)
+    assert again["n_scored"] == 0
+    assert read_rows(out).equals(after)
+    assert read_metadata(out) == meta
+
+
+def test_what_changes_a_key_is_scored_again(world, tmp_path):
+    rm, gens = world["rms"][0], [Path(p) for p in world["gens"][1:]]
+    out = tmp_path / "s.parquet"
+    _store(world, rm, out, ["math-test"], gens)
+    # another max_length for pairs: the benchmark is scored again, not the gens
+    got = _store(world, rm, out, ["math-test"], gens, pair_len=PAIR_LEN - 30)
+    assert got["reused"] == ["gens/math"]
+    # other candidate bytes under the same path
+    moved = tmp_path / "gens" / "math.jsonl"
+    moved.parent.mkdir()
+    lines = gens[0].read_text().splitlines()
+    moved.write_text("\n".join(lines) + "\n")
+    got = _store(world, rm, out, ["math-test"], [moved], pair_len=PAIR_LEN - 30)
+    assert got["reused"] == ["math-test"]  # a new path is another file
+    moved.write_text("\n".join(reversed(lines)) + "\n")
+    got = _store(world, rm, out, ["math-test"], [moved], pair_len=PAIR_LEN - 30)
+    assert got["reused"] == ["math-test"]
+    # other model bytes (the score head moved): nothing is reused
+    model = tmp_path / "rm"
+    head = load_reward_model(rm)
+    with torch.no_grad():
+        head.score.weight.mul_(2.0)
+    head.save_pretrained(model)
+    load_tokenizer(rm).save_pretrained(model)
+    before = read_rows(out)
+    got = _store(world, str(model), out, ["math-test"], [moved], pair_len=170)
+    assert got["reused"] == [] and got["n_scored"] == got["n_sequences"]
+    assert not np.allclose(read_rows(out)["score"], before["score"])
+    # asked not to reuse
+    got = _store(
+        world, str(model), out, ["math-test"], [moved], pair_len=170, reuse=False
+    )
+    assert got["reused"] == []
+
+
+def test_hub_inputs_and_unreadable_stores_are_scored_afresh(world, tmp_path):
+    rm = world["rms"][0]
+    folder = tmp_path / "hub" / "data"
+    folder.mkdir(parents=True)
+    (folder / "test-00000-of-00001.jsonl").write_text(
+        Path(world["bench"]["math-test"]["path"]).read_text()
+    )
+    hub = {"kind": "standard", "hub": str(tmp_path / "hub"), "hub_split": "test"}
+    out = tmp_path / "s.parquet"
+    cfg = ScorerConfig(batch_size=BATCH, device="cpu")
+    for _ in range(2):  # a dataset read by name can change under the same spec
+        got = score_model(rm, out, model_id="m", cfg=cfg, benchmarks={"h": hub})
+        assert got["reused"] == []
+    assert read_metadata(out)["inputs"]["h"]["key"] is None
+    pinned = {**hub, "revision": "v1"}  # a pinned revision keys (and is reused)
+    score_model(rm, out, model_id="m", cfg=cfg, benchmarks={"h": pinned})
+    got = score_model(rm, out, model_id="m", cfg=cfg, benchmarks={"h": pinned})
+    assert got["reused"] == ["h"]
+    out.write_bytes(b"not parquet")
+    got = score_model(rm, out, model_id="m", cfg=cfg, gens=world["gens"][1:])
+    assert got["reused"] == [] and read_metadata(out)["model_id"] == "m"
