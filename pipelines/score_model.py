@@ -21,7 +21,10 @@ one value for the job. Every input is read and checked before the model loads;
 all sequences are then scored together in length-sorted batches
 (:mod:`pipelines.common.scoring`) and written to one store
 (:mod:`pipelines.common.score_store`), read by ``eval_rm``, ``bon_estimate``
-and the reports without torch.
+and the reports without torch. When ``--out`` already holds a store (the rule
+marks it ``update()``), inputs whose key is unchanged are copied from it
+instead of scored (``--reuse``, :mod:`pipelines.common.score_reuse`): adding a
+benchmark scores only that benchmark.
 """
 
 from __future__ import annotations

@@ -406,7 +406,8 @@ def test_adding_a_benchmark_rescores_each_model_once_and_nothing_upstream(
     snakemake_workdir, tmp_path
 ):
     """A new benchmark: one score_model job per scored model (one load each, as
-    the one eval job per model was), then only torch-free jobs; no training,
+    the one eval job per model was; it copies the unchanged inputs' scores,
+    tests/unit/test_score_model.py), then only torch-free jobs; no training,
     generation or merging. A tie rule: the torch-free evals only."""
     work = snakemake_workdir
     _as_if_built(work)
