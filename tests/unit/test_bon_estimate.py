@@ -1,5 +1,9 @@
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -407,3 +411,32 @@ def test_a_store_scored_from_other_gens_is_refused(tmp_path, gens):
     with pytest.raises(StoreError, match="another version of .*math.jsonl"):
         bon_estimate(gens, [path], out, cfg=cfg, member_ids=["a"])
     assert not out.exists()
+
+
+def test_runs_without_torch(tmp_path, gens, scores):
+    """The stage as its rule runs it imports neither torch nor transformers."""
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "x.json"
+    argv = ["bon_estimate", "--gens", *map(str, gens), "--scores", str(scores["a"])]
+    argv += ["--member-ids", "a", "--out", str(out)]
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = {argv!r}\n"
+        "try:\n"
+        "    runpy.run_module('pipelines.bon_estimate', run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 0, exit.code\n"
+        "print('LOADED', sorted(m for m in ('torch', 'transformers')"
+        " if m in sys.modules))\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        cwd=root,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().endswith("LOADED []")
+    assert json.loads(out.read_text())["members"] == ["a"]
