@@ -318,9 +318,9 @@ def score_model(
         pair_settings=pair_settings or InputSettings(),
         candidate_settings=candidate_settings or InputSettings(),
     )
+    start = time.perf_counter()
     keys, previous, reused = _previous(Path(out), model, cfg, items)
     fresh = [it for it in items if it.name not in reused]
-    start = time.perf_counter()
     columns: dict[str, dict[str, list]] = {}
     inputs: dict[str, dict] = {}
     if fresh:
@@ -337,7 +337,7 @@ def score_model(
             inputs[it.name] = {**_input_record(it, scored[it.name]), "pool": pool}
         load, tokenizer = scorer.record(), scorer.tokenizer_name
     else:  # every key matched: same model bytes, settings, device and code
-        loaded = start
+        loaded = time.perf_counter()
         load, tokenizer = previous["load"], previous["tokenizer"]
     done = time.perf_counter()
     for name, rows in reused.items():
@@ -357,19 +357,38 @@ def score_model(
     }
     merged = {c: [v for name in order for v in columns[name][c]] for c in COLUMNS}
     write_store(out, merged, metadata)
-    scores = {name: np.asarray(columns[name]["score"]) for name in order}
+    return _summarize(
+        model_id,
+        out,
+        inputs,
+        columns,
+        fresh=[it.name for it in fresh],
+        seconds={"load": loaded - start, "score": done - loaded},
+    )
+
+
+def _summarize(
+    model_id: str,
+    out: Path,
+    inputs: Mapping[str, dict],
+    columns: Mapping[str, dict[str, list]],
+    *,
+    fresh: Sequence[str],
+    seconds: Mapping[str, float],
+) -> dict:
+    """The summary :func:`score_model` returns, logged."""
     summary = {
-        "n_sequences": len(merged["score"]),
-        "n_scored": sum(len(columns[it.name]["score"]) for it in fresh),
-        "reused": sorted(reused),
-        "seconds": {"load": loaded - start, "score": done - loaded},
+        "n_sequences": sum(len(c["score"]) for c in columns.values()),
+        "n_scored": sum(len(columns[name]["score"]) for name in fresh),
+        "reused": sorted(set(inputs) - set(fresh)),
+        "seconds": dict(seconds),
         "inputs": {
             name: {
-                "n_sequences": inputs[name]["n_sequences"],
-                "n_truncated": inputs[name]["n_truncated"],
-                "mean_score": float(np.mean(scores[name])),
+                "n_sequences": info["n_sequences"],
+                "n_truncated": info["n_truncated"],
+                "mean_score": float(np.mean(columns[name]["score"])),
             }
-            for name in order
+            for name, info in inputs.items()
         },
     }
     logger.info(
@@ -378,8 +397,8 @@ def score_model(
         model_id,
         summary["n_scored"],
         len(fresh),
-        done - loaded,
-        loaded - start,
+        seconds["score"],
+        seconds["load"],
         summary["n_sequences"] - summary["n_scored"],
         summary["reused"] or "no input",
         out,
