@@ -11,8 +11,9 @@ tlc4418/llm_optimization src/bon/bon_sampling.py ``unbiased_sampler`` does,
 on the same data in the same run; checks both agree to 1e-9.
 (b) Throughput of the estimator (proxy and gold curves together) at the
 tiny shape and at the tlc4418 shape (N = 12,600 with their draw sizes).
-(c) Candidates scored per second by ``score_candidates``' scorer (length-sorted
-batches) against naive fixed-order batching, on a real gens file and RM when
+(c) Candidates scored per second by ``score_model``'s scorer
+(``pipelines.common.scoring``, length-sorted batches) against naive fixed-order
+batching, on a real gens file and RM when
 given (``--gens results/bon/gens/math.jsonl --rm results/models/rm/general/seed0``)
 or else on a freshly built tiny RM and generated replies.
 """
@@ -117,8 +118,8 @@ def scoring_throughput(gens: Path | None, rm: str | None, batch_size: int) -> No
     import torch
 
     from pipelines.common.modeling import encode_conversations, score_ids
-    from pipelines.score_candidates import (
-        ScoreConfig,
+    from pipelines.common.scoring import (
+        ScorerConfig,
         candidate_conversations,
         load_scorer,
     )
@@ -130,7 +131,7 @@ def scoring_throughput(gens: Path | None, rm: str | None, batch_size: int) -> No
             convs = [c for line in lines for c in candidate_conversations(line)]
         else:
             rm, convs = _tiny_rm_and_conversations(Path(tmp))
-        scorer = load_scorer(rm, ScoreConfig(device="cpu"))
+        scorer = load_scorer(rm, ScorerConfig(device="cpu"))
         enc = encode_conversations(scorer.tok, convs, max_length=1024)
         pad = scorer.tok.pad_token_id
         lengths = sorted(len(x) for x in enc.ids)

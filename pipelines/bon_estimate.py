@@ -2,7 +2,7 @@ r"""Best-of-n curves (proxy and gold score vs n and KL) of one RM or an ensemble
 
     python -m pipelines.bon_estimate \
         --gens results/bon/gens/math.jsonl results/bon/gens/code.jsonl \
-        --scores results/bon/scores/rm-math-seed0.parquet \
+        --scores results/scores/rm-math-seed0.parquet \
         --member-ids rm-math-seed0 --out results/bon/seed0.json
 
     python -m pipelines.bon_estimate --gens results/bon/gens/math.jsonl \
@@ -11,28 +11,28 @@ r"""Best-of-n curves (proxy and gold score vs n and KL) of one RM or an ensemble
         --out results/bon/ensemble_uwo.json
 
 Inputs: candidate files (one JSON line per prompt with its ``candidates``, each
-carrying a ``gold`` score) and one proxy-score parquet per ensemble member
-(``prompt_id``, ``cand_idx``, ``score``). Members are matched to candidates by
-``(prompt_id, cand_idx)``, never by row order or text; every member must score
-every candidate. Member scores are combined per candidate (``single``: the one
-member as is; ``mean``/``wco``/``uwo``: :func:`pipelines.common.bon.combine`),
-then the unbiased estimator of :mod:`pipelines.common.bon` gives, per draw
-size ``n``, the mean over prompts of the expected proxy and gold score of the
-candidate best-of-n would pick (gold always in the combined proxy's order).
+carrying a ``gold`` score) and one score store per ensemble member (written by
+``score_model``, :mod:`pipelines.common.score_store`; only its candidate rows
+are read, and a store scored from another version of a given gens file is
+refused). Members are matched to candidates by ``(prompt_id, cand_idx)``, never
+by row order or text; every member must score every candidate. Member scores are
+combined per candidate (``single``: the one member as is;
+``mean``/``wco``/``uwo``: :func:`pipelines.common.bon.combine`), then the
+unbiased estimator of :mod:`pipelines.common.bon` gives, per draw size ``n``,
+the mean over prompts of the expected proxy and gold score of the candidate
+best-of-n would pick (gold always in the combined proxy's order).
 Output JSON layout: see :func:`bon_estimate`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from pipelines.common.bon import AGGREGATES, TIE_RULE, combine, estimate
 from pipelines.common.cli import (
@@ -43,12 +43,11 @@ from pipelines.common.cli import (
 )
 from pipelines.common.io import write_json
 from pipelines.common.logs import log_run_header, setup_logging
+from pipelines.common.score_store import load_candidates, load_member_scores
 
 logger = logging.getLogger(__name__)
 
 SINGLE = "single"
-SCORE_COLUMNS = ("prompt_id", "cand_idx", "score")
-MAX_NAMED = 5  # missing candidates named in an error message
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,146 +96,6 @@ class BonEstimateConfig:
             raise ValueError(f"uwo_ddof must be 0 or 1, got {self.uwo_ddof}")
 
 
-@dataclass(frozen=True)
-class Candidates:
-    """The candidates of all prompts, flattened in file and prompt order.
-
-    Prompt ``p`` owns flat positions ``offsets[p]:offsets[p + 1]``.
-    """
-
-    prompt_ids: list[str]
-    domains: list[str]
-    offsets: np.ndarray
-    gold: np.ndarray
-
-    @property
-    def sizes(self) -> np.ndarray:
-        """Candidate count of every prompt."""
-        return np.diff(self.offsets)
-
-
-def load_candidates(gens: Sequence[Path]) -> Candidates:
-    """Read candidate files into one flat table of gold scores.
-
-    Args:
-        gens: JSONL files with one prompt per line (``prompt_id``, ``domain``,
-            ``candidates`` with a ``gold`` score each).
-
-    Returns:
-        The flattened candidates.
-
-    Raises:
-        ValueError: when no prompt is found, a prompt id repeats, a prompt has
-            no candidates or a gold score is not a finite number.
-    """
-    prompt_ids: list[str] = []
-    domains: list[str] = []
-    sizes: list[int] = []
-    gold: list[float] = []
-    where: dict[str, Path] = {}
-    for path in gens:
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                if not line.strip():
-                    continue
-                rec = json.loads(line)
-                pid = str(rec["prompt_id"])
-                if pid in where:
-                    raise ValueError(f"prompt_id {pid!r} in {where[pid]} and {path}")
-                where[pid] = Path(path)
-                cands = rec["candidates"]
-                if not cands:
-                    raise ValueError(f"{path}: prompt {pid!r} has no candidates")
-                values = [c["gold"] for c in cands]
-                if not all(
-                    isinstance(v, int | float) and np.isfinite(v) for v in values
-                ):
-                    raise ValueError(f"{path}: prompt {pid!r} has a non-finite gold")
-                prompt_ids.append(pid)
-                domains.append(str(rec["domain"]))
-                sizes.append(len(cands))
-                gold.extend(values)
-    if not prompt_ids:
-        raise ValueError(f"no prompts in {[str(p) for p in gens]}")
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    return Candidates(prompt_ids, domains, offsets, np.asarray(gold, dtype=np.float64))
-
-
-def load_member_scores(path: Path, cands: Candidates, member_id: str) -> np.ndarray:
-    """One member's proxy score of every candidate, in flat candidate order.
-
-    Rows are matched by ``(prompt_id, cand_idx)``. Rows of prompts absent from
-    ``cands`` are ignored (the scorer may have seen more candidate files).
-
-    Args:
-        path: parquet with columns ``prompt_id``, ``cand_idx``, ``score``.
-        cands: the candidates to fill.
-        member_id: the member's name, for messages.
-
-    Returns:
-        Float64 array aligned with ``cands.gold``.
-
-    Raises:
-        ValueError: on a missing column, a candidate index outside its prompt,
-            a repeated ``(prompt_id, cand_idx)``, a non-finite score, or a
-            candidate without a score (the first few are named).
-    """
-    table = pd.read_parquet(path)
-    missing_cols = [c for c in SCORE_COLUMNS if c not in table.columns]
-    if missing_cols:
-        raise ValueError(f"member {member_id!r} ({path}) lacks columns {missing_cols}")
-    pos = pd.Index(cands.prompt_ids).get_indexer(table["prompt_id"].astype(str))
-    known = pos >= 0
-    if not known.all():
-        logger.warning(
-            "member %r (%s): ignoring %d rows of %d prompts not in the candidate files",
-            member_id,
-            path,
-            int((~known).sum()),
-            table.loc[~known, "prompt_id"].nunique(),
-        )
-    table, pos = table[known], pos[known]
-    idx = table["cand_idx"].to_numpy()
-    if not np.issubdtype(idx.dtype, np.integer):
-        raise ValueError(f"member {member_id!r} ({path}): cand_idx must be integers")
-    sizes = cands.sizes[pos]
-    bad = (idx < 0) | (idx >= sizes)
-    if bad.any():
-        row = table[bad].iloc[0]
-        raise ValueError(
-            f"member {member_id!r} ({path}): cand_idx {row['cand_idx']} is outside"
-            f" prompt {row['prompt_id']!r} ({sizes[bad][0]} candidates)"
-        )
-    flat = cands.offsets[pos] + idx
-    seen = np.bincount(flat, minlength=len(cands.gold))
-    if (seen > 1).any():
-        k = int(np.flatnonzero(seen > 1)[0])
-        raise ValueError(
-            f"member {member_id!r} ({path}): repeated score for {_name(cands, k)}"
-        )
-    if (seen == 0).any():
-        holes = np.flatnonzero(seen == 0)
-        named = ", ".join(_name(cands, int(k)) for k in holes[:MAX_NAMED])
-        raise ValueError(
-            f"member {member_id!r} ({path}) has no score for {len(holes)}"
-            f" candidate(s): {named}{', ...' if len(holes) > MAX_NAMED else ''}"
-        )
-    scores = np.empty(len(cands.gold), dtype=np.float64)
-    scores[flat] = table["score"].to_numpy(dtype=np.float64)
-    if not np.isfinite(scores).all():
-        k = int(np.flatnonzero(~np.isfinite(scores))[0])
-        raise ValueError(
-            f"member {member_id!r} ({path}): non-finite score for {_name(cands, k)}"
-        )
-    return scores
-
-
-def _name(cands: Candidates, flat: int) -> str:
-    """``prompt_id=... cand_idx=...`` of a flat candidate position."""
-    p = int(np.searchsorted(cands.offsets, flat, side="right")) - 1
-    return f"prompt_id={cands.prompt_ids[p]!r} cand_idx={flat - int(cands.offsets[p])}"
-
-
 def bon_estimate(
     gens: Sequence[Path],
     scores: Sequence[Path],
@@ -259,7 +118,7 @@ def bon_estimate(
 
     Args:
         gens: candidate JSONL files.
-        scores: one proxy-score parquet per member.
+        scores: one score store per member.
         out: the JSON file to write.
         cfg: the stage config.
         member_ids: one name per score file, same order.
@@ -358,7 +217,7 @@ def make_parser() -> argparse.ArgumentParser:
         nargs="+",
         type=Path,
         required=True,
-        help="proxy-score parquet files, one per member",
+        help="score stores (results/scores/<model_id>.parquet), one per member",
     )
     parser.add_argument(
         "--member-ids",

@@ -1,37 +1,37 @@
-r"""Pairwise accuracy of one reward model on one benchmark, per subset and section.
+r"""Pairwise accuracy of one model on one benchmark, per subset and section.
 
-    python -m pipelines.eval_rm --model results/models/rm/math/seed0 \
-        --model-id rm-math-seed0 --benchmark-name math-test \
+    python -m pipelines.eval_rm --scores results/scores/rm-math-seed0.parquet \
+        --benchmark-name math-test \
         --benchmark '{"kind": "standard", "path": "results/data/math/test.jsonl"}' \
         --out results/eval/rm-math-seed0/math-test.json
 
-``--model`` (and ``--tokenizer``) take a local folder or a hub id. The
-benchmark spec is described in :mod:`pipelines.common.benchmarks`; a plain
-path stands for ``{"kind": "standard", "path": ...}``.
+Torch-free: the scores come from the model's store (:mod:`pipelines.score_model`
+scores every benchmark of a model in one job, see
+:mod:`pipelines.common.score_store`); this stage reloads the benchmark (a plain
+path stands for ``{"kind": "standard", "path": ...}``, specs as in
+:mod:`pipelines.common.benchmarks`), checks that the store scored this very
+benchmark (same spec, same file bytes, same pair ids) with the settings given
+here (``--max-length``, ``--truncation-side``, ``--chat-template``,
+``--system-prompt``, YAML ``eval``), and writes the eval JSON.
 
 A pair is correct when ``r_chosen > r_rejected`` (strict, as RewardBench and
 Auto-J score it); an exact tie scores 0, or 0.5 with ``--ties half`` (the
-RLHFlow Bradley-Terry eval, ALGORITHMS.md sections 0 and 2). Scores follow the
-tokenisation contract of :mod:`pipelines.common.modeling`: chat template, a pad
-token distinct from EOS, right padding, the score at the last non-pad token,
-declared truncation side, truncations counted, length-sorted batches. The
-chat template and system prompt are ``--chat-template`` / ``--system-prompt``
-when given, else the ones the model was trained with (its ``run_config.json``;
-a DogeRM merge carries its RM's), else the tokenizer's template and none
-(:mod:`pipelines.common.chat_format`); ``settings.chat_format`` records them.
+RLHFlow Bradley-Terry eval, ALGORITHMS.md sections 0 and 2). The scores follow
+the tokenisation contract of :mod:`pipelines.common.modeling`; the chat
+template and system prompt used (configured, else the model's
+``run_config.json``, else the tokenizer's) are recorded in
+``settings.chat_format``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pipelines.common import rewardbench
 from pipelines.common.benchmarks import (
@@ -40,7 +40,6 @@ from pipelines.common.benchmarks import (
     autoj_category,
     load_benchmark,
 )
-from pipelines.common.chat_format import setup_chat_format
 from pipelines.common.cli import (
     add_dataclass_args,
     dataclass_from_args,
@@ -48,50 +47,35 @@ from pipelines.common.cli import (
     handle_user_errors,
 )
 from pipelines.common.io import write_json
-from pipelines.common.logs import library_versions, log_run_header, setup_logging
-from pipelines.common.modeling import (
-    DTYPES,
-    encode_conversations,
-    ensure_pad_embeddings,
-    load_reward_model,
-    load_tokenizer,
-    resolve_device,
-    score_ids,
-    warn_if_untrained_head,
+from pipelines.common.logs import log_run_header, setup_logging
+from pipelines.common.score_store import (
+    PairScores,
+    StoreError,
+    check_files,
+    parse_benchmark_spec,
+    read_pair_scores,
 )
 
 logger = logging.getLogger(__name__)
 
 TIES = ("wrong", "half")
-VERSIONED_PACKAGES = ("torch", "transformers", "tokenizers", "datasets", "numpy")
+SIDES = ("left", "right")
+SCORED_WITH = ("max_length", "truncation_side", "chat_template", "system_prompt")
 
 
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
-    """Knobs of the eval stage (YAML section ``eval``); all of them move scores."""
+    """Knobs of the eval stage (YAML section ``eval``).
 
-    batch_size: int = field_help("sequences per forward pass", default=16)
+    The first four are how the benchmark's conversations were scored (by
+    ``score_model``); the store must hold scores made with exactly these.
+    """
+
     max_length: int = field_help("maximum tokens per sequence", default=1024)
     truncation_side: str = field_help(
         "'left' keeps the end of a long conversation (RewardBench, RLHFlow);"
         " 'right' keeps the start",
         default="left",
-    )
-    dtype: str = field_help("float32, bfloat16 or float16", default="float32")
-    ties: str = field_help(
-        "a tie r_c == r_r scores 'wrong' (0) or 'half' (0.5, RLHFlow BT eval)",
-        default="wrong",
-    )
-    xstest_weights: str = field_help(
-        "RewardBench xstest weights: 'corrected' (refuse 154 / respond 250)"
-        " or 'legacy' (250 / 154, RLHFlow, DogeRM)",
-        default="corrected",
-    )
-    device: str = field_help(
-        "'auto' (CUDA if available, else CPU), 'cpu', 'cuda:0'...", default="auto"
-    )
-    tokenizer: str | None = field_help(
-        "tokenizer folder or hub id; None: the model's", default=None
     )
     chat_template: str | None = field_help(
         "chat template (Jinja text or a file); None: the one in the model's"
@@ -103,22 +87,22 @@ class EvalConfig:
         " the one in the model's run_config.json, else none",
         default=None,
     )
-    trust_remote_code: bool = field_help("allow model code from the hub", default=False)
-    seed: int = field_help(
-        "seeds torch before loading; only matters when the model has no trained"
-        " score head (a new one is initialised)",
-        default=0,
+    ties: str = field_help(
+        "a tie r_c == r_r scores 'wrong' (0) or 'half' (0.5, RLHFlow BT eval)",
+        default="wrong",
+    )
+    xstest_weights: str = field_help(
+        "RewardBench xstest weights: 'corrected' (refuse 154 / respond 250)"
+        " or 'legacy' (250 / 154, RLHFlow, DogeRM)",
+        default="corrected",
     )
 
     def __post_init__(self) -> None:
-        """Reject values the scorer cannot honour."""
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        """Reject values the stage cannot honour."""
         if self.max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {self.max_length}")
         choices = {
-            "truncation_side": ("left", "right"),
-            "dtype": tuple(DTYPES),
+            "truncation_side": SIDES,
             "ties": TIES,
             "xstest_weights": rewardbench.XSTEST_MODES,
         }
@@ -264,83 +248,107 @@ def summarize_sections(
     return sections, overall
 
 
+def _check_store(
+    scores: Path,
+    name: str,
+    spec: Mapping,
+    records: list[dict],
+    got: PairScores,
+    cfg: EvalConfig,
+) -> None:
+    """The store scored this benchmark, as loaded now, with ``cfg``'s settings."""
+    info = got.input
+    if info["source"] != dict(spec):
+        raise StoreError(
+            f"{scores}: {name!r} was scored from spec {info['source']},"
+            f" not {dict(spec)}"
+        )
+    check_files(scores, name, info.get("files", {}))
+    asked = {key: getattr(cfg, key) for key in SCORED_WITH}
+    scored = {key: info["settings"].get(key) for key in SCORED_WITH}
+    if asked != scored:
+        diff = {k: (scored[k], asked[k]) for k in SCORED_WITH if scored[k] != asked[k]}
+        raise StoreError(
+            f"{scores}: {name!r} was scored with other settings (scored, asked):"
+            f" {diff}; rerun its score_model job or pass the store's settings"
+        )
+    ids = [str(r["id"]) for r in records]
+    if ids != got.ids:
+        raise StoreError(
+            f"{scores}: {name!r} holds {len(got.ids)} pairs that are not the"
+            f" {len(ids)} pairs of the benchmark as loaded now; rerun its"
+            " score_model job"
+        )
+
+
+def _settings(scores: Path, got: PairScores, cfg: EvalConfig) -> dict:
+    """The eval JSON's ``settings``: how the store scored, and how this stage ran."""
+    meta, info, load = got.meta, got.input, got.meta["load"]
+    fmt = info["chat_format"]
+    scored = info["settings"]
+    return {
+        "batch_size": load["batch_size"],
+        "max_length": scored["max_length"],
+        "truncation_side": scored["truncation_side"],
+        "dtype": load["dtype"],
+        "ties": cfg.ties,
+        "xstest_weights": cfg.xstest_weights,
+        "device": load["device"],
+        "tokenizer": load["tokenizer"],
+        "chat_template": scored["chat_template"],
+        "system_prompt": scored["system_prompt"],
+        "trust_remote_code": load["trust_remote_code"],
+        "seed": load["seed"],
+        "device_requested": load["device_requested"],
+        "sort_by_length": meta["sort_by_length"],
+        "strict_greater": True,
+        "chat_template_sha256": fmt["chat_template_sha256"],
+        "chat_template_is_rmflow_default": fmt["chat_template_is_rmflow_default"],
+        "chat_format": fmt,
+        "pad_token": load["pad_token"],
+        "pad_token_id": load["pad_token_id"],
+        "eos_token_id": load["eos_token_id"],
+        "resized_embeddings": load["resized_embeddings"],
+        "new_score_head": load["new_score_head"],
+        "versions": meta["versions"],
+        "score_store": str(scores),
+        "scored_with": info.get("pool", sorted(meta["inputs"])),
+    }
+
+
 def eval_rm(
-    model: str,
+    scores: Path,
     benchmark: Mapping[str, object],
     out: Path,
     *,
     cfg: EvalConfig,
-    model_id: str,
     benchmark_name: str,
 ) -> dict:
-    """Score a benchmark's pairs with a reward model and write the eval JSON.
+    """Read a benchmark's scores from a model's store and write the eval JSON.
 
     Args:
-        model: local folder or hub id of a sequence-classification RM.
-        benchmark: a benchmark spec (see :mod:`pipelines.common.benchmarks`).
+        scores: the model's score store (``results/scores/{model_id}.parquet``).
+        benchmark: the benchmark spec (see :mod:`pipelines.common.benchmarks`).
         out: the JSON to write (atomically; nothing is written on failure).
         cfg: the stage config.
-        model_id: the path-safe id recorded in the output.
-        benchmark_name: the benchmark's name recorded in the output.
+        benchmark_name: the benchmark's name (its input in the store).
 
     Returns:
         The written result: counts, ``accuracy``, ``subsets``, ``sections``,
-        ``overall``, ``settings`` and per-pair scores under ``pairs``.
+        ``overall``, ``spurious_split``, ``settings`` and per-pair scores
+        under ``pairs``.
 
     Raises:
         ValueError: on a bad spec or an empty benchmark.
         pipelines.common.records.RecordError: on a bad benchmark row.
+        pipelines.common.score_store.StoreError: the store lacks this
+            benchmark, or scored another version of it or other settings.
     """
     bench: Benchmark = load_benchmark(benchmark)
     records = bench.records
-    device = resolve_device(cfg.device)
-    tok_name = cfg.tokenizer or model
-    torch.manual_seed(cfg.seed)
-    tok = load_tokenizer(tok_name, trust_remote_code=cfg.trust_remote_code)
-    fmt = setup_chat_format(
-        tok, model, chat_template=cfg.chat_template, system_prompt=cfg.system_prompt
-    )
-    rm = load_reward_model(
-        model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
-    )
-    new_head = warn_if_untrained_head(rm, model)
-    rows_before = rm.get_input_embeddings().weight.shape[0]
-    ensure_pad_embeddings(rm, tok)  # config pad id = the id score_ids pads with
-    resized = rm.get_input_embeddings().weight.shape[0] != rows_before
-    rm.to(device)
-
-    enc_c = encode_conversations(
-        tok,
-        [r["chosen"] for r in records],
-        max_length=cfg.max_length,
-        truncation_side=cfg.truncation_side,
-        system_prompt=fmt.system_prompt,
-    )
-    enc_r = encode_conversations(
-        tok,
-        [r["rejected"] for r in records],
-        max_length=cfg.max_length,
-        truncation_side=cfg.truncation_side,
-        system_prompt=fmt.system_prompt,
-    )
-    truncated = enc_c.truncated + enc_r.truncated
-    if truncated:
-        logger.warning(
-            "%d of %d sequences longer than %d tokens were cut on the %s",
-            truncated,
-            2 * len(records),
-            cfg.max_length,
-            cfg.truncation_side,
-        )
-    scores = score_ids(
-        rm,
-        enc_c.ids + enc_r.ids,
-        pad_id=tok.pad_token_id,
-        batch_size=cfg.batch_size,
-        sort_by_length=True,
-        device=device,
-    )
-    chosen, rejected = scores[: len(records)], scores[len(records) :]
+    got = read_pair_scores(scores, benchmark_name)
+    _check_store(scores, benchmark_name, benchmark, records, got, cfg)
+    chosen, rejected = got.chosen, got.rejected
     credit, is_tie = pair_outcomes(chosen, rejected, ties=cfg.ties)
     subsets = _group_stats([r["subset"] for r in records], credit, is_tie)
     sections, overall = summarize_sections(
@@ -352,11 +360,12 @@ def eval_rm(
         xstest_weights=cfg.xstest_weights,
     )
     split = spurious_split(records, credit, is_tie)
-    chat_format = fmt.record(with_template=False)
+    cut_c = int(got.truncated_chosen.sum())
+    cut_r = int(got.truncated_rejected.sum())
     result = {
-        "model_id": model_id,
-        "model": str(model),
-        "tokenizer": str(tok_name),
+        "model_id": got.meta["model_id"],
+        "model": got.meta["model"],
+        "tokenizer": got.meta["tokenizer"],
         "benchmark": {
             "name": benchmark_name,
             "kind": bench.kind,
@@ -364,33 +373,16 @@ def eval_rm(
         },
         "n_pairs": len(records),
         "n_ties": int(is_tie.sum()),
-        "n_truncated": truncated,
-        "n_truncated_chosen": enc_c.truncated,
-        "n_truncated_rejected": enc_r.truncated,
+        "n_truncated": cut_c + cut_r,
+        "n_truncated_chosen": cut_c,
+        "n_truncated_rejected": cut_r,
         "load": bench.counts(),
         "accuracy": float(credit.mean()),
         "spurious_split": split,
         "subsets": subsets,
         "sections": sections,
         "overall": overall,
-        "settings": {
-            **asdict(cfg),
-            "device_requested": cfg.device,
-            "device": str(device),
-            "sort_by_length": True,
-            "strict_greater": True,
-            "chat_template_sha256": chat_format["chat_template_sha256"],
-            "chat_template_is_rmflow_default": chat_format[
-                "chat_template_is_rmflow_default"
-            ],
-            "chat_format": chat_format,
-            "pad_token": tok.pad_token,
-            "pad_token_id": tok.pad_token_id,
-            "eos_token_id": tok.eos_token_id,
-            "resized_embeddings": resized,
-            "new_score_head": new_head,
-            "versions": library_versions(VERSIONED_PACKAGES),
-        },
+        "settings": _settings(scores, got, cfg),
         "pairs": [
             {
                 "id": r["id"],
@@ -405,12 +397,12 @@ def eval_rm(
     logger.info(
         "%s on %s: accuracy %.4f over %d pairs (%d ties, %d truncated sequences);"
         " clean/spurious %s; sections %s; overall %s -> %s",
-        model_id,
+        result["model_id"],
         benchmark_name,
         result["accuracy"],
         len(records),
         result["n_ties"],
-        truncated,
+        result["n_truncated"],
         split and {k: (v["accuracy"], v["n"]) for k, v in split.items()},
         {k: v["accuracy"] for k, v in sections.items()},
         overall,
@@ -419,15 +411,12 @@ def eval_rm(
     return result
 
 
-def parse_benchmark(text: str) -> dict:
-    """A benchmark spec from JSON text, or a plain path for a standard file."""
-    stripped = text.strip()
-    if stripped.startswith("{"):
-        spec = json.loads(stripped)
-        if not isinstance(spec, dict):
-            raise argparse.ArgumentTypeError("--benchmark must be a JSON object")
-        return spec
-    return {"kind": "standard", "path": stripped}
+def _spec_arg(text: str) -> dict:
+    """The type of ``--benchmark``: a JSON spec or a plain path."""
+    try:
+        return parse_benchmark_spec(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -436,17 +425,18 @@ def make_parser() -> argparse.ArgumentParser:
         prog="python -m pipelines.eval_rm",
         description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.split("\n")[2:7]),
+        epilog="\n".join(__doc__.split("\n")[2:6]),
     )
-    parser.add_argument("--model", required=True, help="RM folder or hub id")
-    parser.add_argument("--model-id", required=True, help="path-safe model id")
     parser.add_argument(
-        "--benchmark-name", required=True, help="benchmark name for the output"
+        "--scores", type=Path, required=True, help="the model's score store"
+    )
+    parser.add_argument(
+        "--benchmark-name", required=True, help="benchmark name (its store input)"
     )
     parser.add_argument(
         "--benchmark",
         required=True,
-        type=parse_benchmark,
+        type=_spec_arg,
         help='JSON spec, e.g. \'{"kind": "autoj", "path": "pairwise.jsonl"}\','
         " or a path to a standard/flat pairs file",
     )
@@ -463,18 +453,17 @@ def main(argv: list[str] | None = None) -> int:
     cfg = dataclass_from_args(EvalConfig, args)
     log_run_header(
         logger,
-        cfg,
-        model=args.model,
-        model_id=args.model_id,
-        benchmark=json.dumps(args.benchmark, sort_keys=True),
-        versions=library_versions(VERSIONED_PACKAGES),
+        asdict(cfg),
+        scores=str(args.scores),
+        benchmark_name=args.benchmark_name,
+        benchmark=args.benchmark,
+        out=str(args.out),
     )
     eval_rm(
-        args.model,
+        args.scores,
         args.benchmark,
         args.out,
         cfg=cfg,
-        model_id=args.model_id,
         benchmark_name=args.benchmark_name,
     )
     return 0

@@ -2,7 +2,7 @@ r"""Tabulate and plot DogeRM merged reward models against their merge weight.
 
     python -m pipelines.report_dogerm \
         --evals results/eval/merged-math-w0.3/rewardbench.json ... \
-        --scores results/bon/scores/merged-math-w0.3.parquet ... \
+        --scores results/scores/merged-math-w0.3.parquet ... \
         --gens results/bon/gens/math.jsonl results/bon/gens/code.jsonl \
         --out-csv results/report/dogerm.csv --out-png results/report/dogerm.png
 
@@ -43,11 +43,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from pipelines.bon_estimate import load_candidates, load_member_scores
 from pipelines.common.cli import handle_user_errors
 from pipelines.common.figures import pyplot, save_png
 from pipelines.common.io import atomic_open
 from pipelines.common.logs import setup_logging
+from pipelines.common.score_store import load_candidates, load_member_scores
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -316,8 +316,8 @@ def report_dogerm(
     Args:
         evals: eval JSONs (keys ``model_id``, ``benchmark.name``, ``accuracy``,
             ``n_pairs``).
-        scores: score parquets named ``{model_id}.parquet`` (columns
-            ``prompt_id``, ``cand_idx``, ``score``).
+        scores: the merged models' score stores, named ``{model_id}.parquet``
+            (:mod:`pipelines.common.score_store`; their candidate rows).
         gens: candidate JSONL files; every candidate is used, in file order.
         out_csv: the table to write (atomically).
         out_png: the plot to write (atomically).
@@ -383,7 +383,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--evals", nargs="*", type=Path, default=[], help="eval JSON files"
     )
     parser.add_argument(
-        "--scores", nargs="*", type=Path, default=[], help="score parquets"
+        "--scores", nargs="*", type=Path, default=[], help="score stores"
     )
     parser.add_argument(
         "--gens", nargs="*", type=Path, default=[], help="candidate JSONL files"

@@ -25,29 +25,6 @@ rule generate_candidates:
         " --seed {params.seed} --workers {threads} --out {output.gens} > {log} 2>&1"
 
 
-rule score_candidates:
-    input:
-        model=eval_model_input,
-        gens=bon_gens(),
-        template=chat_template_file("bon/score"),
-    output:
-        scores="results/bon/scores/{model_id}.parquet",
-    log:
-        "logs/score_candidates/{model_id}.log",
-    benchmark:
-        "results/benchmarks/score_candidates/{model_id}.tsv"
-    conda:
-        "../envs/eval.yaml"
-    threads: job_threads("score_candidates")
-    resources:
-        **job_resources("score_candidates"),
-    params:
-        hp=cli_args("bon/score"),
-    shell:
-        "OMP_NUM_THREADS={threads} python -m pipelines.score_candidates {params.hp}"
-        " --model {input.model} --gens {input.gens} --out {output.scores} > {log} 2>&1"
-
-
 rule bon_single:
     input:
         gens=bon_gens(),

@@ -258,10 +258,18 @@ def eval_model_input(wildcards):
     return model_path(wildcards.model_id)
 
 
+def benchmark_files(spec):
+    """Local files a benchmark spec reads: its path and its prior sets' path."""
+    files = [spec["path"]] if "path" in spec else []
+    prior = spec.get("prior_sets")
+    if isinstance(prior, dict) and "path" in prior:
+        files.append(prior["path"])
+    return files
+
+
 def benchmark_input(wildcards):
     """Local files a benchmark reads, so that a rebuilt test split reruns evals."""
-    spec = BENCHMARKS[wildcards.benchmark]
-    return [spec["path"]] if "path" in spec else []
+    return benchmark_files(BENCHMARKS[wildcards.benchmark])
 
 
 def benchmark_arg(wildcards):
@@ -346,7 +354,7 @@ def bon_member_ids():
 
 
 def bon_member_scores():
-    return expand("results/bon/scores/{model_id}.parquet", model_id=bon_member_ids())
+    return [score_store(m) for m in bon_member_ids()]
 
 
 def bon_member_ids_of_seed(wildcards):
@@ -354,7 +362,7 @@ def bon_member_ids_of_seed(wildcards):
 
 
 def bon_member_scores_of_seed(wildcards):
-    return [f"results/bon/scores/rm-{BON['trainset']}-seed{wildcards.seed}.parquet"]
+    return [score_store(m) for m in bon_member_ids_of_seed(wildcards)]
 
 
 def bon_estimate_args(wildcards):
@@ -501,7 +509,69 @@ def dogerm_bon_gens():
 def dogerm_scores():
     if not MERGE["bon_domains"]:
         return []
-    return expand("results/bon/scores/{model_id}.parquet", model_id=merged_model_ids())
+    return [score_store(m) for m in merged_model_ids()]
+
+
+# ---- scoring: one job per model scores all it is needed on -------------------
+# Every seeded RM and merged model is evaluated on every benchmark; the BoN
+# members are also scored on the candidates of bon.domains, the merges on those
+# of merge.bon_domains. One score_model job per model does all of it in one
+# load (results/scores/{model_id}.parquet); eval_rm, bon_* and the reports read
+# that store without torch.
+INPUT_SETTINGS = ("max_length", "truncation_side", "chat_template", "system_prompt")
+
+
+def score_store(model_id):
+    """The score store of a model: every score it gave, one file."""
+    return f"results/scores/{model_id}.parquet"
+
+
+def scored_gens_domains(model_id):
+    """Domains whose best-of-n candidates a model is scored on (maybe none)."""
+    domains = list(BON_DOMAINS) if model_id in bon_member_ids() else []
+    if model_id in merged_model_ids():
+        domains += [d for d in MERGE["bon_domains"] if d not in domains]
+    return domains
+
+
+def score_model_gens(wildcards):
+    return expand(
+        "results/bon/gens/{domain}.jsonl",
+        domain=scored_gens_domains(wildcards.model_id),
+    )
+
+
+def score_model_data(wildcards):
+    """Local files of every benchmark: a rebuilt test split rescores the model."""
+    return sorted({f for spec in BENCHMARKS.values() for f in benchmark_files(spec)})
+
+
+def score_model_templates(wildcards):
+    """Chat templates given as files, of the settings this model is scored with."""
+    files = chat_template_file("eval")
+    if scored_gens_domains(wildcards.model_id):
+        files += chat_template_file("bon/score")
+    return files
+
+
+def _settings_json(section):
+    values = lookup(dpath=section, within=config)
+    settings = {key: values[key] for key in INPUT_SETTINGS}
+    return shlex.quote(json.dumps(settings, sort_keys=True))
+
+
+def score_model_args(wildcards):
+    """The inputs of a model's score_model job: benchmarks and their settings,
+    and the candidate settings when it scores candidates (sorted: YAML order
+    must not rerun it)."""
+    args = [
+        f"--benchmark {name} {shlex.quote(json.dumps(spec, sort_keys=True))}"
+        for name, spec in sorted(BENCHMARKS.items())
+    ]
+    args.append(f"--pair-settings {_settings_json('eval')}")
+    if scored_gens_domains(wildcards.model_id):
+        args.append(f"--candidate-settings {_settings_json('bon/score')}")
+    return " ".join(args)
 
 
 def report_dogerm_targets():

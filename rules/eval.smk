@@ -1,25 +1,49 @@
-rule eval_rm:
+rule score_model:
     input:
         model=eval_model_input,
+        data=score_model_data,
+        gens=score_model_gens,
+        template=score_model_templates,
+    output:
+        # update: the job reads the previous store and copies the scores of
+        # unchanged inputs (score.reuse); Snakemake restores it on failure
+        scores=update("results/scores/{model_id}.parquet"),
+    log:
+        "logs/score_model/{model_id}.log",
+    benchmark:
+        "results/benchmarks/score_model/{model_id}.tsv"
+    conda:
+        "../envs/eval.yaml"
+    threads: job_threads("score_model")
+    resources:
+        **job_resources("score_model"),
+    params:
+        load=cli_args("score"),
+        inputs=score_model_args,
+    shell:
+        "OMP_NUM_THREADS={threads} python -m pipelines.score_model {params.load}"
+        " {params.inputs} --gens {input.gens} --model {input.model}"
+        " --model-id {wildcards.model_id} --out {output.scores} > {log} 2>&1"
+
+
+rule eval_rm:
+    input:
+        scores="results/scores/{model_id}.parquet",
         data=benchmark_input,
-        template=chat_template_file("eval"),
     output:
         result="results/eval/{model_id}/{benchmark}.json",
     log:
         "logs/eval_rm/{model_id}/{benchmark}.log",
     benchmark:
         "results/benchmarks/eval_rm/{model_id}/{benchmark}.tsv"
+    localrule: True
     conda:
         "../envs/eval.yaml"
-    threads: job_threads("eval_rm")
-    resources:
-        **job_resources("eval_rm"),
     params:
         hp=cli_args("eval", exclude=("benchmarks",)),
         spec=benchmark_arg,
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipelines.eval_rm {params.hp}"
-        " --model {input.model} --model-id {wildcards.model_id}"
+        "python -m pipelines.eval_rm {params.hp} --scores {input.scores}"
         " --benchmark-name {wildcards.benchmark} --benchmark {params.spec}"
         " --out {output.result} > {log} 2>&1"
 

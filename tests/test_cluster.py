@@ -27,11 +27,12 @@ NO_CONDA = ("--sdm", "env-modules")
 GPU_RULES = {
     "train_sft",
     "train_rm",
-    "eval_rm",
+    "score_model",
     "eval_rewardbench",
     "generate_candidates",
-    "score_candidates",
 }
+# Torch-free and seconds long: run by Snakemake itself, never queued on Slurm.
+LOCAL_RULES = ("all", "report_", "bon_", "eval_rm")
 
 
 def _ok(proc: subprocess.CompletedProcess) -> str:
@@ -107,14 +108,19 @@ def test_cluster_preset_dag_builds_offline_with_gpu_resources():
     assert jobs["train_rm"] == 2 * n_seeds  # two trainsets of the default config
     assert jobs["merge_dogerm"] == 2 * len(preset["merge"]["weights"]) == 42
     assert "train_tokenizer" not in jobs  # hub tokenizer, no tiny BPE
+    # one GPU job scores a model on everything: every RM and every merge once
+    assert jobs["score_model"] == jobs["train_rm"] + jobs["merge_dogerm"]
+    assert jobs["eval_rm"] == jobs["score_model"] * 4  # 3 test splits, RewardBench
     seen = set()
     for rule, block in _job_blocks(out):
         res = _resources(block)
         seen.add(rule)
+        if rule.startswith(LOCAL_RULES):
+            continue  # the executor runs them in place (test below)
         if rule in GPU_RULES:
             assert res["slurm_partition"] == "gpu", (rule, res)
             assert int(res["gpu"]) >= 1, (rule, res)
-        elif not rule.startswith(("all", "report", "bon_")):
+        else:
             assert res["slurm_partition"] == "cpu", (rule, res)
             assert "gpu" not in res, (rule, res)
     assert {"train_rm", "train_sft", "build_prefs", "merge_dogerm"} <= seen
@@ -125,6 +131,17 @@ def test_cluster_preset_dag_builds_offline_with_gpu_resources():
         "accelerate launch --config_file accelerate/ddp.yaml --num_machines 1"
         " --num_processes 4 -m pipelines.train_sft" in out
     )
+
+
+def test_torch_free_rules_are_local():
+    """eval_rm reads a score store (no torch, no model): Snakemake runs it in
+    place, with the report and best-of-n rules, instead of queueing 200+ jobs."""
+    text = "\n".join(p.read_text() for p in sorted((ROOT / "rules").glob("*.smk")))
+    blocks = dict(re.findall(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)+)", text, re.MULTILINE))
+    local = {name for name, body in blocks.items() if "localrule: True" in body}
+    assert {"eval_rm", "bon_single", "bon_ensemble", "report_eval"} <= local
+    assert not local & GPU_RULES
+    assert "score_model" in blocks and "score_candidates" not in blocks
 
 
 def test_preset_is_layered_under_configfile_and_config(snakemake_workdir, tmp_path):
@@ -195,7 +212,7 @@ def test_gpu_model_is_sent_only_with_gpus(snakemake_workdir, tmp_path):
     cfg = yaml.safe_load(TINY_CONFIG.read_text())
     cfg["compute"] = {
         "train_rm": {"gpu": 2, "gpu_model": "a100"},
-        "eval_rm": {"gpu": 0, "gpu_model": "a100"},
+        "score_model": {"gpu": 0, "gpu_model": "a100"},
     }
     proc = run_snakemake(
         "-n",
@@ -206,8 +223,8 @@ def test_gpu_model_is_sent_only_with_gpus(snakemake_workdir, tmp_path):
     blocks = dict(_job_blocks(_ok(proc)))
     train = _resources(blocks["train_rm"])
     assert (train["gpu"], train["gpu_model"]) == ("2", "a100")
-    evaluation = _resources(blocks["eval_rm"])
-    assert evaluation["gpu"] == "0" and "gpu_model" not in evaluation
+    scoring = _resources(blocks["score_model"])
+    assert scoring["gpu"] == "0" and "gpu_model" not in scoring
 
 
 def test_cpu_rules_cannot_ask_for_gpus(snakemake_workdir, tmp_path):

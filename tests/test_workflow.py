@@ -2,7 +2,9 @@
 
 import copy
 import json
+import os
 import random
+import re
 
 import pytest
 import yaml
@@ -171,6 +173,17 @@ def test_readme_commands_match_ci():
     assert test_cmd in ci
 
 
+def _job_blocks(out: str) -> list[tuple[str, str]]:
+    """(rule, block text) of every job a dry run prints."""
+    parts = re.split(r"\n(?=(?:local)?rule \w+:\n)", out)
+    blocks = []
+    for part in parts:
+        match = re.match(r"(?:local)?rule (\w+):\n", part)
+        if match:
+            blocks.append((match.group(1), part))
+    return blocks
+
+
 def _jobs(dry_run_output: str) -> dict[str, int]:
     """Rule -> job count from the 'Job stats' table of a dry run."""
     table = dry_run_output.split("Job stats:")[1].split("total")[0]
@@ -191,7 +204,7 @@ def test_uwo_target_dry_run_lists_only_its_ancestors(snakemake_workdir):
         "train_sft": 1,  # the general policy only
         "train_rm": n_seeds,  # the members, of bon.trainset only
         "generate_candidates": n_bon,
-        "score_candidates": n_seeds,
+        "score_model": n_seeds,  # the members only: no merged model, no other RM
         "bon_ensemble": 1,
     }
 
@@ -251,14 +264,20 @@ def test_all_tiny_end_to_end(snakemake_workdir, tmp_path):
     expected |= {"ensemble_mean", "ensemble_wco", "ensemble_uwo"}
     expected |= {f"ensemble_uwo-{x:g}" for x in cfg["bon"]["uwo_weights"]}
     assert names == expected
-    # DogeRM: w=0 is the plain RM, so its scores equal the RM's exactly
+    # DogeRM: w=0 is the plain RM, so its scores equal the RM's; each model's
+    # score_model job pools its own inputs into batches, hence 1e-6, not ==
     rm = f"rm-{cfg['merge']['rm_trainset']}-seed{cfg['merge']['rm_seed']}"
     for domain in cfg["data"]["domains"]:
         plain = json.loads((work / f"results/eval/{rm}/{domain}-test.json").read_text())
         for lm in cfg["merge"]["domains"]:
             path = work / f"results/eval/merged-{lm}-w0/{domain}-test.json"
             merged = json.loads(path.read_text())
-            assert merged["pairs"] == plain["pairs"]
+            assert [p["id"] for p in merged["pairs"]] == [
+                p["id"] for p in plain["pairs"]
+            ]
+            for a, b in zip(merged["pairs"], plain["pairs"], strict=True):
+                assert a["chosen"] == pytest.approx(b["chosen"], abs=1e-6)
+                assert a["rejected"] == pytest.approx(b["rejected"], abs=1e-6)
     dogerm = (work / "results/report/dogerm.csv").read_text()
     for weight in cfg["merge"]["weights"]:
         assert f"merged-math-w{weight:g}" in dogerm
@@ -297,7 +316,7 @@ def _inspect_and_rerun(work, cfg, tmp_path):
     jobs = _jobs(out)
     assert jobs["train_rm"] == len(cfg["rm"]["seeds"]) * len(cfg["rm"]["trainsets"])
     assert "train_sft" not in jobs and "build_prefs" not in jobs
-    assert {"eval_rm", "score_candidates", "merge_dogerm"} <= set(jobs)
+    assert {"eval_rm", "score_model", "merge_dogerm"} <= set(jobs)
 
     # compute sizes are not science: changing them reruns nothing
     changed = copy.deepcopy(cfg)
@@ -350,7 +369,88 @@ def test_dogerm_dry_run_lists_merges_and_evaluations(snakemake_workdir):
     jobs = _jobs(res.stdout)
     assert jobs["merge_dogerm"] == merges
     assert jobs["eval_rm"] == merges * len(cfg["data"]["domains"])
-    assert jobs["score_candidates"] == merges
+    assert jobs["score_model"] == merges  # one job per merged model, all inputs
     assert jobs["train_rm"] == 1  # only the RM that is merged
     rm = f"rm-{cfg['merge']['rm_trainset']}-seed{cfg['merge']['rm_seed']}"
     assert f"results/models/merged/{rm}__sft-math/w0.5" in res.stdout
+
+
+def _as_if_built(work, config=TINY_CONFIG):
+    """A workdir whose every output of ``all`` exists with Snakemake metadata.
+
+    The outputs are empty placeholders (folders for the model outputs), then
+    ``--touch --forceall`` records each job as run with the current config, so
+    a later dry run shows what a config change reruns, and why, in seconds.
+    """
+    res = run_snakemake("--summary", "all", workdir=work, configfile=config)
+    assert res.returncode == 0, res.stderr
+    for line in res.stdout.splitlines()[1:]:
+        path = line.split("\t")[0]
+        if not path.startswith("results/"):
+            continue
+        target = work / path
+        if path.startswith(("results/models/", "results/tokenizer")):
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.touch()
+    res = run_snakemake(
+        "--touch", "--forceall", "--cores", "1", "all", workdir=work, configfile=config
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = run_snakemake("-n", "all", workdir=work, configfile=config)
+    assert "Nothing to be done" in res.stdout + res.stderr
+
+
+def test_adding_a_benchmark_rescores_each_model_once_and_nothing_upstream(
+    snakemake_workdir, tmp_path
+):
+    """A new benchmark: one score_model job per scored model (one load each, as
+    the one eval job per model was; it copies the unchanged inputs' scores,
+    tests/unit/test_score_model.py), then only torch-free jobs; no training,
+    generation or merging. A tie rule: the torch-free evals only."""
+    work = snakemake_workdir
+    _as_if_built(work)
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    extra = work / "extra.jsonl"
+    extra.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n')
+    os.utime(extra, (0, 0))  # older than every output: only the config changed
+    added = copy.deepcopy(cfg)
+    added["eval"]["benchmarks"] = {"extra": {"kind": "standard", "path": "extra.jsonl"}}
+    path = tmp_path / "added.yaml"
+    path.write_text(yaml.safe_dump(added, sort_keys=False))
+    res = run_snakemake("-n", "all", workdir=work, configfile=path)
+    assert res.returncode == 0, res.stderr
+    jobs = _jobs(res.stdout)
+    n_rms = len(cfg["rm"]["seeds"]) * len(cfg["rm"]["trainsets"])
+    n_merged = len(cfg["merge"]["domains"]) * len(cfg["merge"]["weights"])
+    n_benchmarks = len(cfg["data"]["domains"]) + 1
+    n_bon = len(cfg["bon"]["uwo_weights"]) + 3
+    assert jobs == {
+        "score_model": n_rms + n_merged,
+        "eval_rm": (n_rms + n_merged) * n_benchmarks,  # read the new stores
+        "bon_single": len(cfg["rm"]["seeds"]),  # idem: cheap, torch-free
+        "bon_ensemble": n_bon,
+        "report_eval": 1,
+        "report_bon": 1,
+        "report_dogerm": 1,
+        "all": 1,
+    }
+    scoring = [b for r, b in _job_blocks(res.stdout) if r == "score_model"]
+    assert len(scoring) == n_rms + n_merged
+    for block in scoring:
+        assert "Params have changed since last execution" in block
+        assert "--benchmark extra" in block
+
+    ties = copy.deepcopy(cfg)
+    ties["eval"]["ties"] = "half"
+    path = tmp_path / "ties.yaml"
+    path.write_text(yaml.safe_dump(ties, sort_keys=False))
+    res = run_snakemake("-n", "all", workdir=work, configfile=path)
+    assert res.returncode == 0, res.stderr
+    assert _jobs(res.stdout) == {
+        "eval_rm": (n_rms + n_merged) * (n_benchmarks - 1),
+        "report_eval": 1,
+        "report_dogerm": 1,
+        "all": 1,
+    }

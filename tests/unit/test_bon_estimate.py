@@ -1,5 +1,9 @@
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,6 +17,7 @@ from pipelines.bon_estimate import (
     make_parser,
 )
 from pipelines.common.bon import TIE_RULE, best_of_n, combine
+from pipelines.common.score_store import StoreError, file_sha256, write_store
 
 # Two domains; math prompts have 4 candidates, code prompts 3 and 5.
 GOLD = {
@@ -68,7 +73,9 @@ def write_gens(tmp_path):
     return files
 
 
-def write_scores(tmp_path, member, drop=None, extra=None, seed=0):
+def write_scores(tmp_path, member, drop=None, extra=None, seed=0, gens=None):
+    """A member's score store holding only candidate rows (as score_model
+    writes them), in shuffled row order; ``gens`` files are recorded by hash."""
     rows = [
         {"prompt_id": pid, "cand_idx": i, "score": s}
         for pid, scores in MEMBERS[member].items()
@@ -77,10 +84,20 @@ def write_scores(tmp_path, member, drop=None, extra=None, seed=0):
     ]
     rows += extra or []
     table = pd.DataFrame(rows).sample(frac=1.0, random_state=seed)  # row order moot
-    table["cand_idx"] = table["cand_idx"].astype("int64")
+    names = ["gens/" + DOMAIN.get(pid, "other") for pid in table["prompt_id"]]
+    columns = {
+        "input": names,
+        "row": [0] * len(table),
+        "id": table["prompt_id"].tolist(),
+        "side": ["candidate"] * len(table),
+        "cand_idx": table["cand_idx"].astype("int64").tolist(),
+        "score": table["score"].tolist(),
+        "truncated": [False] * len(table),
+    }
+    files = {str(p): file_sha256(p) for p in gens or []}
+    inputs = {name: {"kind": "candidates", "files": dict(files)} for name in set(names)}
     path = tmp_path / "scores" / f"{member}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(path, index=False)
+    write_store(path, columns, {"model_id": member, "inputs": inputs})
     return path
 
 
@@ -343,3 +360,83 @@ def test_cli(tmp_path, gens, scores, capsys):
     help_text = capsys.readouterr().out
     for flag in ("--gens", "--member-ids", "--aggregate", "--sample-ns", "--uwo-ddof"):
         assert flag in help_text
+
+
+def test_only_candidate_rows_of_a_store_are_read(tmp_path, gens):
+    """A store also holding benchmark pairs; a store with no candidates."""
+    path = write_scores(tmp_path, "a")
+    table = pd.read_parquet(path)
+    pairs = pd.DataFrame(
+        {
+            "input": "math-test",
+            "row": [0, 0],
+            "id": ["m1", "m1"],  # a pair id that is also a prompt id
+            "side": ["chosen", "rejected"],
+            "cand_idx": [-1, -1],
+            "score": [99.0, -99.0],
+            "truncated": [False, False],
+        }
+    )
+    both = pd.concat([table, pairs])
+    meta = {
+        "model_id": "a",
+        "inputs": {n: {"kind": "candidates"} for n in set(table["input"])},
+    }
+    meta["inputs"]["math-test"] = {"kind": "pairs"}
+    write_store(path, {c: both[c].tolist() for c in both.columns}, meta)
+    cfg = BonEstimateConfig(sample_ns=(1, 2))
+    report = bon_estimate(gens, [path], tmp_path / "x.json", cfg=cfg, member_ids=["a"])
+    check_rows(report["results"], expected_curve(MEMBERS["a"], (1, 2), GOLD))
+    only_pairs = tmp_path / "pairs.parquet"
+    write_store(
+        only_pairs,
+        {c: pairs[c].tolist() for c in pairs.columns},
+        {"model_id": "a", "inputs": {"math-test": {"kind": "pairs"}}},
+    )
+    with pytest.raises(StoreError, match=r"pairs.parquet: holds no candidate scores"):
+        bon_estimate(gens, [only_pairs], tmp_path / "y.json", cfg=cfg, member_ids=["a"])
+    plain = tmp_path / "plain.parquet"
+    table[["id", "cand_idx", "score"]].to_parquet(plain)
+    with pytest.raises(StoreError, match="not a score store"):
+        bon_estimate(gens, [plain], tmp_path / "z.json", cfg=cfg, member_ids=["a"])
+
+
+def test_a_store_scored_from_other_gens_is_refused(tmp_path, gens):
+    path = write_scores(tmp_path, "a", gens=gens)
+    cfg = BonEstimateConfig(sample_ns=(1,))
+    bon_estimate(gens, [path], tmp_path / "ok.json", cfg=cfg, member_ids=["a"])
+    lines = gens[0].read_text().splitlines()
+    gens[0].write_text("\n".join([lines[1], lines[0]]) + "\n")  # regenerated
+    out = tmp_path / "x.json"
+    with pytest.raises(StoreError, match="another version of .*math.jsonl"):
+        bon_estimate(gens, [path], out, cfg=cfg, member_ids=["a"])
+    assert not out.exists()
+
+
+def test_runs_without_torch(tmp_path, gens, scores):
+    """The stage as its rule runs it imports neither torch nor transformers."""
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "x.json"
+    argv = ["bon_estimate", "--gens", *map(str, gens), "--scores", str(scores["a"])]
+    argv += ["--member-ids", "a", "--out", str(out)]
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = {argv!r}\n"
+        "try:\n"
+        "    runpy.run_module('pipelines.bon_estimate', run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 0, exit.code\n"
+        "print('LOADED', sorted(m for m in ('torch', 'transformers')"
+        " if m in sys.modules))\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        cwd=root,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().endswith("LOADED []")
+    assert json.loads(out.read_text())["members"] == ["a"]

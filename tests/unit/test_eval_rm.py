@@ -22,7 +22,22 @@ from pipelines.common.modeling import (
     train_tokenizer,
 )
 from pipelines.common.records import RecordError, read_pairs
-from pipelines.eval_rm import EvalConfig, eval_rm, main, make_parser, pair_outcomes
+from pipelines.common.score_store import (
+    StoreError,
+    read_metadata,
+    read_rows,
+    write_store,
+)
+from pipelines.common.scoring import InputSettings, ScorerConfig
+from pipelines.eval_rm import (
+    SCORED_WITH,
+    EvalConfig,
+    eval_rm,
+    main,
+    make_parser,
+    pair_outcomes,
+)
+from pipelines.score_model import score_model
 from pipelines.train_rm import TrainRMConfig, train_rm
 
 # ---------------------------------------------------------------- the oracle RM
@@ -91,12 +106,30 @@ def flat(subset, chosen, rejected, i):
 
 
 ROOT = Path(__file__).resolve().parents[2]
-CFG = EvalConfig(batch_size=4, device="cpu")
+CFG = EvalConfig()
+LOAD = ScorerConfig(batch_size=4, device="cpu")
 
 
-def run(model, spec, tmp_path, cfg=CFG, name="bench"):
+def score(model, spec, tmp_path, cfg=CFG, name="bench", load=LOAD):
+    """The model's score store holding ``spec`` as ``name`` (score_model's job)."""
+    store = tmp_path / "scores" / f"{name}.parquet"
+    settings = InputSettings(**{k: getattr(cfg, k) for k in SCORED_WITH})
+    score_model(
+        model,
+        store,
+        model_id="rm-x-seed0",
+        cfg=load,
+        benchmarks={name: spec},
+        pair_settings=settings,
+    )
+    return store
+
+
+def run(model, spec, tmp_path, cfg=CFG, name="bench", load=LOAD):
+    """Score, then evaluate from the store, as the two rules do."""
+    store = score(model, spec, tmp_path, cfg, name, load)
     out = tmp_path / "eval" / f"{name}.json"
-    res = eval_rm(model, spec, out, cfg=cfg, model_id="rm-x-seed0", benchmark_name=name)
+    res = eval_rm(store, spec, out, cfg=cfg, benchmark_name=name)
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))
     return res, out
 
@@ -173,8 +206,9 @@ def test_generated_test_split_reports_clean_and_spurious(
 
 
 def test_ties_half_policy(oracle, oracle_pairs, tmp_path):
-    cfg = EvalConfig(batch_size=3, device="cpu", ties="half")
-    res, _ = run(oracle, {"kind": "standard", "path": str(oracle_pairs)}, tmp_path, cfg)
+    cfg = EvalConfig(ties="half")
+    spec = {"kind": "standard", "path": str(oracle_pairs)}
+    res, _ = run(oracle, spec, tmp_path, cfg, load=ScorerConfig(batch_size=3))
     assert res["subsets"]["tie"]["accuracy"] == 0.5
     assert res["subsets"]["right"]["accuracy"] == 1.0
     assert res["accuracy"] == pytest.approx((5 + 0.5 * 4) / 12)
@@ -291,7 +325,7 @@ def test_rewardbench_local_file_sections(oracle, tmp_path):
     assert res["overall"]["leaderboard_2024"] == pytest.approx(mean4)  # masked
     assert res["settings"]["xstest_weights"] == "corrected"
 
-    legacy = EvalConfig(batch_size=4, device="cpu", xstest_weights="legacy")
+    legacy = EvalConfig(xstest_weights="legacy")
     res2, _ = run(oracle, spec, tmp_path, legacy, name="legacy")
     legacy_safety = (250 * 1.0 + 154 * 0.25 + 136 * 1.0) / (250 + 154 + 136)
     assert res2["sections"]["Safety"]["accuracy"] == pytest.approx(legacy_safety)
@@ -379,8 +413,10 @@ def random_rm(tmp_path_factory, domain_data):
 
 def test_standard_benchmark_json_fields_and_settings(random_rm, domain_data, tmp_path):
     path = domain_data["math"]
-    cfg = EvalConfig(batch_size=5, max_length=64, device="cpu", seed=7)
-    res, out = run(random_rm, {"kind": "standard", "path": str(path)}, tmp_path, cfg)
+    cfg = EvalConfig(max_length=64)
+    load = ScorerConfig(batch_size=5, device="cpu", seed=7)
+    spec = {"kind": "standard", "path": str(path)}
+    res, out = run(random_rm, spec, tmp_path, cfg, load=load)
     assert res["model_id"] == "rm-x-seed0" and res["model"] == random_rm
     assert res["benchmark"] == {
         "name": "bench",
@@ -416,6 +452,7 @@ def test_standard_benchmark_json_fields_and_settings(random_rm, domain_data, tmp
         "xstest_weights": "corrected",
         "device": "cpu",
         "seed": 7,
+        "device_requested": "cpu",
         "sort_by_length": True,
         "pad_token_id": tok.pad_token_id,
         "new_score_head": True,
@@ -427,6 +464,8 @@ def test_standard_benchmark_json_fields_and_settings(random_rm, domain_data, tmp
     assert st["chat_format"]["chat_template_source"] == "tokenizer"
     assert {"torch", "transformers", "python"} <= set(st["versions"])
     assert st["pad_token_id"] != st["eos_token_id"]
+    assert st["score_store"] == str(tmp_path / "scores" / "bench.parquet")
+    assert st["scored_with"] == ["bench"]
     assert not list(out.parent.glob(".*.tmp"))
 
 
@@ -479,7 +518,7 @@ def test_rm_trained_with_system_prompt_is_scored_with_it(
     recs = read_pairs(domain_data["math"])
 
     def scores(**kw):
-        res, _ = run(terse_rm, spec, tmp_path, EvalConfig(device="cpu", **kw), "x")
+        res, _ = run(terse_rm, spec, tmp_path, EvalConfig(**kw), "x")
         chosen = [p["chosen"] for p in res["pairs"]]
         return res, np.array(chosen + [p["rejected"] for p in res["pairs"]])
 
@@ -507,17 +546,17 @@ def test_rm_trained_with_system_prompt_is_scored_with_it(
 def test_cli_writes_json_from_spec_or_plain_path(random_rm, domain_data, tmp_path):
     out = tmp_path / "cli.json"
     spec = {"kind": "standard", "path": str(domain_data["general"])}
+    store = score(random_rm, spec, tmp_path, name="general-test")
     argv = [
-        "--model", random_rm, "--model-id", "rm-general-seed0",
-        "--benchmark-name", "general-test", "--benchmark", json.dumps(spec),
-        "--out", str(out), "--batch-size", "8", "--ties", "half",
+        "--scores", str(store), "--benchmark-name", "general-test",
+        "--benchmark", json.dumps(spec), "--out", str(out), "--ties", "half",
     ]  # fmt: skip
     assert main(argv) == 0
     res = json.loads(out.read_text())
     assert res["benchmark"]["name"] == "general-test"
-    assert res["settings"]["batch_size"] == 8 and res["settings"]["ties"] == "half"
+    assert res["settings"]["batch_size"] == 4 and res["settings"]["ties"] == "half"
     args = make_parser().parse_args(
-        [*argv[:6], "--benchmark", str(domain_data["general"]), "--out", "x.json"]
+        [*argv[:4], "--benchmark", str(domain_data["general"]), "--out", "x.json"]
     )
     assert args.benchmark == {"kind": "standard", "path": str(domain_data["general"])}
     with pytest.raises(SystemExit) as exc:
@@ -529,9 +568,8 @@ def test_config_rejects_bad_values():
     for bad in (
         {"ties": "drop"},
         {"truncation_side": "middle"},
-        {"dtype": "int8"},
         {"xstest_weights": "new"},
-        {"batch_size": 0},
+        {"max_length": 0},
     ):
         with pytest.raises(ValueError):
             EvalConfig(**bad)
@@ -568,13 +606,12 @@ def test_bad_rows_name_file_row_field_and_leave_no_output(
     good = GOOD[kind]
     path = write_jsonl(tmp_path / "bad.jsonl", [good, good, row])
     out = tmp_path / "eval" / "bad.json"
-    with pytest.raises(RecordError) as exc:
+    with pytest.raises(RecordError) as exc:  # the benchmark is read first
         eval_rm(
-            oracle,
+            tmp_path / "no-store.parquet",
             {"kind": kind, "path": str(path)},
             out,
             cfg=CFG,
-            model_id="m",
             benchmark_name="b",
         )
     assert exc.value.source == str(path)
@@ -590,9 +627,8 @@ def test_cli_bad_row_is_one_line_and_exit_2(oracle, tmp_path):
     out = tmp_path / "eval" / "bad.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     res = subprocess.run(
-        [sys.executable, "-m", "pipelines.eval_rm", "--model", oracle]
-        + ["--model-id", "m", "--benchmark-name", "b", "--benchmark", str(path)]
-        + ["--out", str(out), "--device", "cpu"],
+        [sys.executable, "-m", "pipelines.eval_rm", "--scores", oracle]
+        + ["--benchmark-name", "b", "--benchmark", str(path), "--out", str(out)],
         capture_output=True,
         text=True,
         env=env,
@@ -622,17 +658,16 @@ def test_skip_invalid_rows_are_counted(tmp_path):
         load_benchmark({"kind": "autoj", "path": str(tmp_path / "none.jsonl")})
 
 
-def test_failure_loading_model_keeps_previous_output(oracle_pairs, tmp_path):
+def test_failure_keeps_previous_output(oracle_pairs, tmp_path):
     out = tmp_path / "eval" / "keep.json"
     out.parent.mkdir(parents=True)
     out.write_text('{"old": true}\n')
     with pytest.raises(OSError):
         eval_rm(
-            str(tmp_path / "no-such-model"),
+            tmp_path / "no-such-store.parquet",
             {"kind": "standard", "path": str(oracle_pairs)},
             out,
             cfg=CFG,
-            model_id="m",
             benchmark_name="b",
         )
     assert json.loads(out.read_text()) == {"old": True}
@@ -643,3 +678,76 @@ def test_float_scores_are_finite_json(oracle, oracle_pairs, tmp_path):
     _, out = run(oracle, {"kind": "standard", "path": str(oracle_pairs)}, tmp_path)
     data = json.loads(out.read_text())
     assert all(math.isfinite(p["chosen"]) for p in data["pairs"])
+
+
+def test_store_must_hold_this_benchmark_as_it_is_now(oracle, oracle_pairs, tmp_path):
+    """A store scored from another spec, other bytes, other settings or without
+    the benchmark is refused, naming the store; nothing is written."""
+    spec = {"kind": "standard", "path": str(oracle_pairs)}
+    store = score(oracle, spec, tmp_path, name="pairs")
+    out = tmp_path / "eval" / "x.json"
+
+    def refused(match, *, name="pairs", spec=spec, cfg=CFG):
+        with pytest.raises(StoreError, match=match) as err:
+            eval_rm(store, spec, out, cfg=cfg, benchmark_name=name)
+        assert str(store) in str(err.value)
+        assert not out.exists()
+
+    refused(r"no scores for 'other' \(it holds \['pairs'\]\); rerun", name="other")
+    refused("scored from spec", spec={**spec, "on_invalid": "skip"})
+    refused(
+        r"other settings .*'max_length': \(1024, 512\)", cfg=EvalConfig(max_length=512)
+    )
+    refused("'system_prompt'", cfg=EvalConfig(system_prompt="Be brief."))
+    # the same file with one more pair: its bytes changed since scoring
+    rows = oracle_pairs.read_text()
+    oracle_pairs.write_text(rows + rows.splitlines()[0].replace("right-0", "x") + "\n")
+    refused("another version of .*pairs.jsonl")
+    # ties and xstest weights are this stage's own: any value reads the store
+    oracle_pairs.write_text(rows)
+    res = eval_rm(store, spec, out, cfg=EvalConfig(ties="half"), benchmark_name="pairs")
+    assert res["settings"]["ties"] == "half"
+
+
+def test_ids_must_match_the_scored_pairs(oracle, tmp_path):
+    """A hub-like benchmark (no file to hash) that changed under the store."""
+    first = write_jsonl(tmp_path / "rb.jsonl", rb_rows({"shp": (2, 1)}))
+    spec = {"kind": "rewardbench", "path": str(first)}
+    store = score(oracle, spec, tmp_path, name="rb")
+    meta = read_metadata(store)
+    meta["inputs"]["rb"]["files"] = {}  # as for a hub dataset
+    table = read_rows(store)
+    table.loc[table["row"] == 1, "id"] = "renamed"
+    write_store(store, {c: table[c].tolist() for c in table.columns}, meta)
+    with pytest.raises(StoreError, match="not the 3 pairs of the benchmark"):
+        eval_rm(store, spec, tmp_path / "o.json", cfg=CFG, benchmark_name="rb")
+
+
+def test_eval_runs_without_torch(oracle, oracle_pairs, tmp_path):
+    """The stage as its rule runs it imports neither torch nor transformers."""
+    spec = {"kind": "standard", "path": str(oracle_pairs)}
+    store = score(oracle, spec, tmp_path, name="pairs")
+    out = tmp_path / "cli.json"
+    argv = ["eval_rm", "--scores", str(store), "--benchmark-name", "pairs"]
+    argv += ["--benchmark", str(oracle_pairs), "--out", str(out)]
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = {argv!r}\n"
+        "try:\n"
+        "    runpy.run_module('pipelines.eval_rm', run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 0, exit.code\n"
+        "print('LOADED', sorted(m for m in ('torch', 'transformers')"
+        " if m in sys.modules))\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().endswith("LOADED []")
+    assert json.loads(out.read_text())["accuracy"] == pytest.approx(5 / 12)

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipelines.common.score_store import write_store
 from pipelines.report_dogerm import (
     COLUMNS,
     first_n_bon,
@@ -118,13 +119,17 @@ def inputs(tmp_path):
     (tmp_path / "scores").mkdir()
     for model_id, w in MODELS.items():
         rows = [
-            {"prompt_id": pid, "domain": d, "cand_idx": k, "score": _score(w, pid, k)}
+            (f"gens/{d}", i, pid, k, _score(w, pid, k))
             for d, prompts in GENS.items()
-            for pid, golds in prompts
+            for i, (pid, golds) in enumerate(prompts)
             for k in range(len(golds))
         ]
+        names = ("input", "row", "id", "cand_idx", "score")
+        columns = {name: [r[j] for r in rows] for j, name in enumerate(names)}
+        columns |= {"side": ["candidate"] * len(rows), "truncated": [False] * len(rows)}
+        inputs = {f"gens/{d}": {"kind": "candidates"} for d in GENS}
         path = tmp_path / "scores" / f"{model_id}.parquet"
-        pd.DataFrame(rows).to_parquet(path)
+        write_store(path, columns, {"model_id": model_id, "inputs": inputs})
         scores.append(path)
     return evals, scores, gens
 

@@ -1,9 +1,9 @@
-import hashlib
+"""pipelines.score_candidates: the compatibility names over common.scoring."""
+
 import json
 import shutil
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+import numpy as np
 import pytest
 import torch
 
@@ -16,12 +16,16 @@ from pipelines.common.modeling import (
     load_tokenizer,
     train_tokenizer,
 )
+from pipelines.common.scoring import (
+    InputSettings,
+    ScorerConfig,
+    ScoringInput,
+    score_inputs,
+)
 from pipelines.score_candidates import (
     ScoreConfig,
     candidate_conversations,
     load_scorer,
-    main,
-    score_candidates,
     score_conversations,
 )
 
@@ -105,53 +109,32 @@ def one_by_one(rm_dir, lines, max_length, system_prompt=None):
     return out, cut
 
 
-def test_parquet_schema_rows_and_scores(world):
-    out = world["root"] / "scores.parquet"
+def convs_of(lines):
+    return [c for ln in lines for c in candidate_conversations(ln)]
+
+
+def test_scores_equal_one_by_one_with_truncation(world):
     cfg = ScoreConfig(batch_size=3, max_length=24, device="cpu")
-    summary = score_candidates(world["rm"], world["gens"], out, cfg=cfg)
-    table = pq.read_table(out)
-    assert table.schema == pa.schema(
-        [
-            ("prompt_id", pa.string()),
-            ("domain", pa.string()),
-            ("cand_idx", pa.int64()),
-            ("score", pa.float64()),
-        ]
+    scores, cut = score_conversations(
+        load_scorer(world["rm"], cfg), convs_of(world["lines"]), cfg=cfg
     )
-    rows = table.to_pylist()
-    expected_keys = [
-        (ln["prompt_id"], ln["domain"], i)
-        for ln in world["lines"]
-        for i in range(len(ln["candidates"]))
-    ]
-    assert [(r["prompt_id"], r["domain"], r["cand_idx"]) for r in rows] == expected_keys
-    assert summary["n_rows"] == len(rows) == 8
-    assert summary["n_prompts"] == 3
-    ref, cut = one_by_one(world["rm"], world["lines"], 24)
-    assert cut >= 2 and summary["n_truncated"] == cut  # long candidates were cut
-    got = [r["score"] for r in rows]
-    assert got == pytest.approx(ref, abs=1e-5)
-    assert len({round(s, 6) for s in got}) > 4  # the RM tells candidates apart
-    assert set(summary["mean_score"]) == {"math", "code"}
-    assert summary["candidates_per_second"] > 0
+    ref, ref_cut = one_by_one(world["rm"], world["lines"], 24)
+    assert cut == ref_cut >= 2  # long candidates were cut
+    assert scores.tolist() == pytest.approx(ref, abs=1e-5)
+    assert len({round(s, 6) for s in scores}) > 4  # the RM tells candidates apart
 
 
-def test_length_sorted_equals_input_order(world):
-    cfg = ScoreConfig(batch_size=3, max_length=1024, device="cpu")
-    scorer = load_scorer(world["rm"], cfg)
-    convs = [c for ln in world["lines"] for c in candidate_conversations(ln)]
-    lengths = [len(scorer.tok(chat_text(scorer.tok, c))["input_ids"]) for c in convs]
-    assert lengths != sorted(lengths, reverse=True)  # sorting reorders the batches
-    sorted_scores, cut = score_conversations(scorer, convs, cfg=cfg)
-    plain, _ = score_conversations(scorer, convs, cfg=cfg, sort_by_length=False)
-    single, _ = score_conversations(
-        scorer, convs, cfg=ScoreConfig(batch_size=1, device="cpu"), sort_by_length=False
+def test_same_as_the_scorer_it_wraps(world):
+    cfg = ScoreConfig(batch_size=2, max_length=30, device="cpu", system_prompt="Hi.")
+    old, _ = score_conversations(
+        load_scorer(world["rm"], cfg), convs_of(world["lines"]), cfg=cfg
     )
-    assert cut == 0
-    assert sorted_scores == pytest.approx(plain, abs=1e-5)
-    assert sorted_scores == pytest.approx(single, abs=1e-5)
-    ref, _ = one_by_one(world["rm"], world["lines"], 1024)
-    assert sorted_scores == pytest.approx(ref, abs=1e-5)
+    from pipelines.common.scoring import load_scorer as load
+
+    scorer = load(world["rm"], ScorerConfig(batch_size=2, device="cpu"))
+    settings = InputSettings(max_length=30, system_prompt="Hi.")
+    new = score_inputs(scorer, [ScoringInput("c", convs_of(world["lines"]), settings)])
+    np.testing.assert_array_equal(old, new["c"].scores)
 
 
 def test_rm_is_scored_with_its_recorded_system_prompt(world, tmp_path):
@@ -160,17 +143,16 @@ def test_rm_is_scored_with_its_recorded_system_prompt(world, tmp_path):
     record = {"chat_template": CHAT_TEMPLATE, "system_prompt": "Be brief."}
     (rm / "run_config.json").write_text(json.dumps({"chat_format": record}))
 
-    def scores(name, **kw):
-        out = tmp_path / f"{name}.parquet"
+    def scores(**kw):
         cfg = ScoreConfig(batch_size=3, device="cpu", **kw)
-        summary = score_candidates(str(rm), world["gens"], out, cfg=cfg)
-        meta = json.loads(pq.read_schema(out).metadata[b"rmflow"])
-        assert meta["chat_format"] == summary["settings"]["chat_format"]
-        return [r["score"] for r in pq.read_table(out).to_pylist()], meta
+        scorer = load_scorer(str(rm), cfg)
+        return score_conversations(scorer, convs_of(world["lines"]), cfg=cfg)[
+            0
+        ].tolist(), scorer.chat_format
 
-    default, meta = scores("default")
-    explicit, _ = scores("explicit", system_prompt="Be brief.")
-    none, meta_none = scores("none", system_prompt="")
+    default, fmt = scores()
+    explicit, _ = scores(system_prompt="Be brief.")
+    none, fmt_none = scores(system_prompt="")
     assert default == explicit
     assert default == pytest.approx(
         one_by_one(world["rm"], world["lines"], 1024, "Be brief.")[0], abs=1e-5
@@ -178,68 +160,21 @@ def test_rm_is_scored_with_its_recorded_system_prompt(world, tmp_path):
     assert none == pytest.approx(
         one_by_one(world["rm"], world["lines"], 1024)[0], abs=1e-5
     )
-    assert none != pytest.approx(default, abs=1e-4)
-    assert meta["model"] == str(rm)
-    assert meta["chat_format"]["system_prompt"] == "Be brief."
-    assert meta["chat_format"]["system_prompt_source"] == str(rm / "run_config.json")
-    sha = hashlib.sha256(CHAT_TEMPLATE.encode()).hexdigest()
-    assert meta["chat_format"]["chat_template_sha256"] == sha
-    assert meta_none["chat_format"]["system_prompt"] is None
+    assert fmt.system_prompt == "Be brief."
+    assert fmt.system_prompt_source == str(rm / "run_config.json")
+    assert fmt_none.system_prompt is None
 
 
-def test_cli_writes_parquet(world):
-    out = world["root"] / "cli.parquet"
-    rc = main(
-        [
-            "--model",
-            world["rm"],
-            "--gens",
-            *map(str, world["gens"]),
-            "--out",
-            str(out),
-            "--batch-size",
-            "2",
-            "--device",
-            "cpu",
-        ]
-    )
-    assert rc == 0
-    assert pq.read_table(out).num_rows == 8
-
-
-def test_failure_leaves_no_output(world, tmp_path):
-    out = tmp_path / "scores.parquet"
-    with pytest.raises((OSError, ValueError)):
-        score_candidates(str(tmp_path / "no-rm"), world["gens"], out, cfg=ScoreConfig())
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text("")
-    with pytest.raises(ValueError, match="no candidates"):
-        score_candidates(world["rm"], [empty], out, cfg=ScoreConfig())
-    assert list(tmp_path.iterdir()) == [empty]
+def test_loaded_scorer_exposes_the_model(world):
+    scorer = load_scorer(world["rm"], ScoreConfig(device="cpu"))
+    assert scorer.device.type == "cpu" and scorer.new_head is False
+    assert scorer.model.config.pad_token_id == scorer.tok.pad_token_id
 
 
 @pytest.mark.parametrize(
-    "bad", [{"batch_size": 0}, {"truncation_side": "middle"}, {"dtype": "fp8"}]
+    "bad",
+    [{"batch_size": 0}, {"truncation_side": "middle"}, {"dtype": "fp8"}],
 )
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         ScoreConfig(**bad)
-
-
-def test_help(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["--help"])
-    assert exc.value.code == 0
-    text = capsys.readouterr().out
-    for flag in (
-        "--model",
-        "--gens",
-        "--out",
-        "--batch-size",
-        "--max-length",
-        "--truncation-side",
-        "--tokenizer",
-        "--dtype",
-        "--device",
-    ):
-        assert flag in text
