@@ -7,10 +7,10 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from pipelines.build_prefs import BuildPrefsConfig
+from pipelines.common.scoring import InputSettings, ScorerConfig
 from pipelines.eval_rewardbench import EvalRewardBenchConfig
 from pipelines.eval_rm import EvalConfig
 from pipelines.generate_candidates import GenerateConfig
-from pipelines.score_candidates import ScoreConfig
 from pipelines.train_rm import TrainRMConfig
 from pipelines.train_sft import TrainSFTConfig
 from pipelines.train_tokenizer import TrainTokenizerConfig
@@ -96,7 +96,8 @@ def test_chat_format_and_over_length_keys(path, value, ok):
         ("rm", TrainRMConfig, set()),
         ("eval", EvalConfig, set()),
         ("bon/generate", GenerateConfig, set()),
-        ("bon/score", ScoreConfig, set()),
+        ("bon/score", InputSettings, set()),
+        ("score", ScorerConfig, set()),
         # python: not science; xstest_weights: one key for both evaluators,
         # eval.xstest_weights, which the eval_rewardbench rule passes
         ("eval_rewardbench", EvalRewardBenchConfig, {"python", "xstest_weights"}),

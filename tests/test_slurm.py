@@ -27,14 +27,18 @@ from .test_workflow import _jobs, only_domain
 
 SCRIPT = ROOT / "tests" / "slurm" / "local_slurm.sh"
 TARGET = "results/eval/rm-general-seed0/general-test.json"
-# rule -> (Slurm partition the profile sends it to, its log)
+# rule -> (Slurm partition the profile sends it to, its log). The RM is a
+# best-of-n ensemble member, so its one scoring job also scores candidates.
 RULES = {
     "build_prefs": ("cpu", "logs/build_prefs/general.log"),
     "train_tokenizer": ("cpu", "logs/train_tokenizer/train_tokenizer.log"),
     "train_sft": ("gpu", "logs/train_sft/general.log"),
     "train_rm": ("gpu", "logs/train_rm/general/seed0.log"),
-    "eval_rm": ("gpu", "logs/eval_rm/rm-general-seed0/general-test.log"),
+    "generate_candidates": ("gpu", "logs/generate_candidates/general.log"),
+    "score_model": ("gpu", "logs/score_model/rm-general-seed0.log"),
 }
+# rule -> its log: seconds-long torch-free rules run on the submitting node
+LOCAL_RULES = {"eval_rm": "logs/eval_rm/rm-general-seed0/general-test.log"}
 SLURM_OVERRIDES = (
     # no conda here: our rules name no env modules, so every job runs in this
     # venv (without --sdm, the profile's conda needs `conda` even for -n)
@@ -80,12 +84,13 @@ def test_slurm_profile_dry_run_resolves(snakemake_workdir, tmp_path):
     )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
-    assert _jobs(res.stdout) == {rule: 1 for rule in RULES}
+    assert _jobs(res.stdout) == {rule: 1 for rule in [*RULES, *LOCAL_RULES]}
     blocks = dict(_job_blocks(res.stdout))
     for rule, (partition, log) in RULES.items():
         assert _resources(blocks[rule])["slurm_partition"] == partition, rule
         assert f"log: {log}" in blocks[rule]
-    assert "localrule" not in out
+    for rule, log in LOCAL_RULES.items():  # local rules: in the DAG, no partition
+        assert f"log: {log}" in blocks[rule]
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +162,10 @@ def test_one_rm_and_its_eval_through_slurm(
         assert rule not in submitted, f"{rule} submitted twice:\n{log[-6000:]}"
         submitted[rule] = (slurm_id, work / slurm_log)
     assert set(submitted) == set(RULES), log[-6000:]
-    assert "localrule" not in log
+    local = set(re.findall(r"^localrule (\w+):", log, re.M))
+    assert local == set(LOCAL_RULES), local
+    for rule_log in LOCAL_RULES.values():
+        assert (work / rule_log).stat().st_size > 0, rule_log
     with capsys.disabled():  # so the CI log shows the jobs going through sbatch
         lines = [m.group(0) for m in SUBMITTED.finditer(log)]
         sys.stdout.write("\n" + "\n".join(lines) + "\n")

@@ -885,15 +885,21 @@ def test_real_package_end_to_end_offline(rb_python, real_rm, tmp_path, monkeypat
 
     # per-pair scores: the official pipeline agrees with our own scorer, which
     # it only does when the staged config carries the real RoPE settings
+    from pipelines.common.scoring import ScorerConfig
     from pipelines.eval_rm import EvalConfig, eval_rm
+    from pipelines.score_model import score_model
 
-    ours = eval_rm(
+    spec = {"kind": "standard", "path": str(data)}
+    store = tmp_path / "scores.parquet"
+    score_model(
         str(real_rm),
-        {"kind": "standard", "path": str(data)},
-        tmp_path / "ours.json",
-        cfg=EvalConfig(batch_size=4, device="cpu"),
+        store,
         model_id="rm-real-seed0",
-        benchmark_name="rb",
+        cfg=ScorerConfig(batch_size=4, device="cpu"),
+        benchmarks={"rb": spec},
+    )
+    ours = eval_rm(
+        store, spec, tmp_path / "ours.json", cfg=EvalConfig(), benchmark_name="rb"
     )
     theirs = {str(p["id"]): (p["chosen"], p["rejected"]) for p in res["pairs"]}
     assert len(theirs) == len(rows)
