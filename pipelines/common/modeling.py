@@ -18,6 +18,10 @@ Chat templates and system prompts are resolved in
 Hub ids and local paths go through the same ``from_pretrained`` calls, so the
 tiny offline models and a cluster's hub models share every code path.
 ``trust_remote_code`` is off unless asked for.
+
+Importing this module loads neither torch nor transformers (DESIGN.md
+principle 8: ``--help`` and torch-free stages stay cheap); each function
+imports what it needs when called.
 """
 
 from __future__ import annotations
@@ -26,33 +30,40 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    GPTNeoXConfig,
-    GPTNeoXForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
-)
 
 from pipelines.common.chat_format import CHAT_TEMPLATE, with_system_prompt
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import (
+        GPTNeoXForCausalLM,
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
+        PreTrainedTokenizerFast,
+    )
 
 logger = logging.getLogger(__name__)
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
-DTYPES = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
+DTYPES = ("float32", "bfloat16", "float16")  # weight dtypes a model loads in
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype named ``name`` (one of :data:`DTYPES`).
+
+    Raises:
+        ValueError: on a name outside :data:`DTYPES`.
+    """
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {name!r}")
+    import torch
+
+    return getattr(torch, name)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +80,8 @@ class TinyArch:
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; anything else as given."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -90,6 +103,9 @@ def train_tokenizer(
         ``<|pad|>``, right padding and the chat template.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    # this class loads no torch (AutoTokenizer does): train_tokenizer stays torch-free
+    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -125,6 +141,8 @@ def load_tokenizer(
     ``<|pad|>`` special token (callers resize the model embeddings with
     :func:`ensure_pad_embeddings`). Padding is set to the right.
     """
+    from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(
         str(name_or_path), trust_remote_code=trust_remote_code
     )
@@ -162,6 +180,9 @@ def init_tiny_causal_lm(
     Returns:
         The model in float32.
     """
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
     config = GPTNeoXConfig(
         vocab_size=len(tok),
         hidden_size=arch.hidden_size,
@@ -192,8 +213,12 @@ def load_causal_lm(
     trust_remote_code: bool = False,
 ) -> PreTrainedModel:
     """Load a causal LM from a hub id or a local folder."""
+    from transformers import AutoModelForCausalLM
+
     return AutoModelForCausalLM.from_pretrained(
-        str(name_or_path), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
+        str(name_or_path),
+        dtype=torch_dtype(dtype),
+        trust_remote_code=trust_remote_code,
     )
 
 
@@ -208,10 +233,12 @@ def load_reward_model(
     Loading a causal LM folder creates a new score head; seed torch before the
     call to make its init reproducible.
     """
+    from transformers import AutoModelForSequenceClassification
+
     return AutoModelForSequenceClassification.from_pretrained(
         str(name_or_path),
         num_labels=1,
-        dtype=DTYPES[dtype],
+        dtype=torch_dtype(dtype),
         trust_remote_code=trust_remote_code,
     )
 
@@ -418,6 +445,8 @@ def pad_batch(
     seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad id lists into ``(input_ids, attention_mask)`` tensors."""
+    import torch
+
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -429,7 +458,6 @@ def pad_batch(
     return ids, mask
 
 
-@torch.no_grad()
 def score_ids(
     model: PreTrainedModel,
     seqs: Sequence[Sequence[int]],
@@ -462,17 +490,20 @@ def score_ids(
             f"pad_id {pad_id} differs from the model's config.pad_token_id"
             f" {model.config.pad_token_id}; call ensure_pad_embeddings(model, tok)"
         )
+    import torch
+
     model.eval()
     device = device or next(model.parameters()).device
     order = list(range(len(seqs)))
     if sort_by_length:
         order.sort(key=lambda i: -len(seqs[i]))
     scores = np.empty(len(seqs), dtype=np.float64)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        ids, mask = pad_batch([seqs[i] for i in idx], pad_id, device)
-        logits = model(input_ids=ids, attention_mask=mask).logits
-        scores[idx] = logits[:, 0].float().cpu().numpy()
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            ids, mask = pad_batch([seqs[i] for i in idx], pad_id, device)
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            scores[idx] = logits[:, 0].float().cpu().numpy()
     return scores
 
 

@@ -8,12 +8,15 @@ special tokens (BOS), as Hugging Face left truncation does.
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from pipelines.common.chat_format import with_system_prompt
 from pipelines.common.modeling import prompt_text, special_frame, truncate_ids
+from pipelines.common.progress import Progress
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 def stop_token_ids(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> list[int]:
@@ -67,6 +70,8 @@ def left_pad(
     seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad id lists into ``(input_ids, attention_mask)`` for generation."""
+    import torch
+
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -77,7 +82,6 @@ def left_pad(
     return ids.to(device), mask.to(device)
 
 
-@torch.no_grad()
 def sample_texts(
     model: PreTrainedModel,
     tok: PreTrainedTokenizerBase,
@@ -87,6 +91,7 @@ def sample_texts(
     batch_size: int,
     generate_kwargs: dict,
     device: torch.device,
+    progress: Progress | None = None,
 ) -> tuple[list[list[str]], int]:
     """Draw ``n`` replies per prompt, ``batch_size`` sequences per generate call.
 
@@ -103,11 +108,15 @@ def sample_texts(
         batch_size: sequences per call.
         generate_kwargs: sampling settings for ``model.generate``.
         device: where the inputs go.
+        progress: counts the sequences drawn (one update per call); its final
+            line is the caller's.
 
     Returns:
         ``(texts, new_tokens)``: ``texts[p][k]`` is reply ``k`` of prompt ``p``;
         ``new_tokens`` counts sampled tokens (a stop token included).
     """
+    import torch
+
     stops = stop_token_ids(model, tok)
     jobs = [p for p in range(len(prompt_ids)) for _ in range(n)]
     texts: list[list[str]] = [[] for _ in prompt_ids]
@@ -115,13 +124,14 @@ def sample_texts(
     for start in range(0, len(jobs), batch_size):
         rows = jobs[start : start + batch_size]
         ids, mask = left_pad([prompt_ids[p] for p in rows], tok.pad_token_id, device)
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=stops,
-            **generate_kwargs,
-        )
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=stops,
+                **generate_kwargs,
+            )
         replies = out[:, ids.shape[1] :].cpu()
         is_stop = torch.isin(replies, torch.as_tensor(stops))
         kept = []
@@ -132,4 +142,6 @@ def sample_texts(
         decoded = tok.batch_decode(kept, skip_special_tokens=True)
         for p, text in zip(rows, decoded, strict=True):
             texts[p].append(text)
+        if progress is not None:
+            progress.update(len(rows))
     return texts, new_tokens

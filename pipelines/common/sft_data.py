@@ -11,8 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from pipelines.common.chat_format import with_system_prompt
 from pipelines.common.modeling import (
@@ -21,6 +20,9 @@ from pipelines.common.modeling import (
     special_frame,
     truncate_ids,
 )
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
