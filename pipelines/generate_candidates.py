@@ -32,6 +32,10 @@ writes passing code. Output, one JSON line per prompt::
 default or not, sources); with ``--gold-model`` a ``gold_chat_format`` records
 the gold RM's. ``prompt`` stays the record's own turns (no system turn), so
 each scorer applies its own format.
+
+Every ``--progress-every`` seconds the log gets a progress line (sequences
+sampled, rate, ETA), and one when sampling ends. ``--help`` loads no torch:
+the model stack is imported when sampling starts.
 """
 
 from __future__ import annotations
@@ -45,7 +49,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pipelines.common.chat_format import ChatFormat, setup_chat_format
 from pipelines.common.cli import (
@@ -55,7 +58,13 @@ from pipelines.common.cli import (
     handle_user_errors,
 )
 from pipelines.common.io import write_jsonl
-from pipelines.common.logs import library_versions, log_run_header, setup_logging
+from pipelines.common.logs import (
+    PROGRESS_EVERY_S,
+    add_progress_arg,
+    library_versions,
+    log_run_header,
+    setup_logging,
+)
 from pipelines.common.modeling import (
     DTYPES,
     ensure_pad_embeddings,
@@ -63,6 +72,7 @@ from pipelines.common.modeling import (
     load_tokenizer,
     resolve_device,
 )
+from pipelines.common.progress import Progress
 from pipelines.common.records import read_pairs
 from pipelines.common.sampling import encode_prompts, sample_texts
 from pipelines.domains import (
@@ -71,12 +81,6 @@ from pipelines.domains import (
     add_sandbox_arg,
     domain_module,
     verifier_record,
-)
-from pipelines.score_candidates import (
-    ScoreConfig,
-    candidate_conversations,
-    load_scorer,
-    score_conversations,
 )
 
 logger = logging.getLogger(__name__)
@@ -159,9 +163,16 @@ class Sampled:
 
 
 def _sample_policy(
-    policy: str, prompts: list[list[dict]], *, seed: int, cfg: GenerateConfig
+    policy: str,
+    prompts: list[list[dict]],
+    *,
+    seed: int,
+    cfg: GenerateConfig,
+    progress_every: float = PROGRESS_EVERY_S,
 ) -> Sampled:
     """Load the policy, sample ``cfg.big_n`` replies per prompt and free it."""
+    import torch
+
     device = resolve_device(cfg.device)
     tok = load_tokenizer(policy, trust_remote_code=cfg.trust_remote_code)
     fmt = setup_chat_format(
@@ -211,6 +222,13 @@ def _sample_policy(
         generate_kwargs,
         cfg.batch_size,
     )
+    progress = Progress(
+        "generate_candidates",
+        len(prompts) * cfg.big_n,
+        unit="sequences",
+        logger=logger,
+        every_s=progress_every,
+    )
     torch.manual_seed(seed)
     start = time.perf_counter()
     texts, new_tokens = sample_texts(
@@ -221,8 +239,10 @@ def _sample_policy(
         batch_size=cfg.batch_size,
         generate_kwargs=generate_kwargs,
         device=device,
+        progress=progress,
     )
     seconds = time.perf_counter() - start
+    progress.finish()
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -279,6 +299,14 @@ def _gold_scores(
         items = [(ln["task"], c["text"]) for ln in lines for c in ln["candidates"]]
         gold = verifier_gold(domain, items, workers=workers, verifier=verifier)
         return gold, f"verifier:{domain}"
+    # the RM scorer loads torch; only a gold-model run pays for it
+    from pipelines.score_candidates import (
+        ScoreConfig,
+        candidate_conversations,
+        load_scorer,
+        score_conversations,
+    )
+
     score_cfg = ScoreConfig(
         batch_size=cfg.batch_size,
         dtype=cfg.dtype,
@@ -305,6 +333,7 @@ def generate_candidates(
     cfg: GenerateConfig,
     domain: str,
     verifier: VerifierOptions | None = None,
+    progress_every: float = PROGRESS_EVERY_S,
 ) -> dict:
     """Sample candidates for held-out prompts, score them with the gold, write JSONL.
 
@@ -319,6 +348,7 @@ def generate_candidates(
         verifier: how the domain's verifier checks (math extraction, code
             sandbox backend); recorded with the gold in every line
             (``gold_source``).
+        progress_every: seconds between two progress lines of the sampling.
 
     Returns:
         Summary: counts, ``mean_gold`` by source, ``new_tokens``,
@@ -350,7 +380,13 @@ def generate_candidates(
             " (set gold_model to score them with an RM)"
         )
 
-    sampled = _sample_policy(policy, [r["prompt"] for r in records], seed=seed, cfg=cfg)
+    sampled = _sample_policy(
+        policy,
+        [r["prompt"] for r in records],
+        seed=seed,
+        cfg=cfg,
+        progress_every=progress_every,
+    )
     policy_format = sampled.chat_format.record(with_template=False)
     lines = []
     for record, task, texts in zip(records, tasks, sampled.texts, strict=True):
@@ -442,6 +478,7 @@ def make_parser() -> argparse.ArgumentParser:
         " (config data.math_extraction)",
     )
     add_sandbox_arg(parser)
+    add_progress_arg(parser)
     add_dataclass_args(parser, GenerateConfig)
     return parser
 
@@ -473,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg=cfg,
         domain=args.domain,
         verifier=verifier,
+        progress_every=args.progress_every,
     )
     return 0
 

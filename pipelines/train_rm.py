@@ -42,7 +42,10 @@ adapters merged, score head included) and holds the tokenizer,
 ``run_config.json`` (with the chat format used, which scoring then inherits)
 and ``metrics.json``. With ``--checkpoint-dir`` the run
 checkpoints every ``--checkpoint-every`` steps and on SIGTERM (exit code 143),
-resumes from a checkpoint found there, and deletes it after success.
+resumes from a checkpoint found there, and deletes it after success. Every
+``--progress-every`` seconds the log gets a progress line (steps done, rate,
+ETA). ``--help`` loads no torch: the model stack is imported when training
+starts.
 """
 
 from __future__ import annotations
@@ -52,11 +55,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-import torch.nn.functional as F
-from accelerate import Accelerator
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from pipelines.common.chat_format import ChatFormat, setup_chat_format
 from pipelines.common.cli import (
@@ -65,7 +64,13 @@ from pipelines.common.cli import (
     field_help,
     handle_user_errors,
 )
-from pipelines.common.logs import library_versions, log_run_header, setup_logging
+from pipelines.common.logs import (
+    PROGRESS_EVERY_S,
+    add_progress_arg,
+    library_versions,
+    log_run_header,
+    setup_logging,
+)
 from pipelines.common.modeling import (
     count_parameters,
     ensure_pad_embeddings,
@@ -90,6 +95,11 @@ from pipelines.common.training import (
     save_pretrained_atomic,
     train_loop,
 )
+
+if TYPE_CHECKING:
+    import torch
+    from accelerate import Accelerator
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +239,9 @@ def bt_loss_sum(
         The summed loss and summed statistics (``accuracy``: pairs with
         ``r_c > r_r`` strictly; ``margin``: summed ``r_c - r_r``).
     """
+    import torch
+    import torch.nn.functional as F
+
     logits = model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
@@ -281,6 +294,7 @@ def fit_reward_model(
     seed: int,
     cfg: TrainRMConfig,
     checkpoint_dir: Path | None = None,
+    progress_every: float = PROGRESS_EVERY_S,
 ) -> FitResult:
     """Train an RM in memory (see :func:`train_rm`, which also saves it).
 
@@ -290,6 +304,7 @@ def fit_reward_model(
         seed: seeds the score-head init, dropout and the data order.
         cfg: hyperparameters.
         checkpoint_dir: where to checkpoint and resume from; None for none.
+        progress_every: seconds between two progress lines of the loop.
 
     Returns:
         The trained model (unwrapped; a ``PeftModel`` with LoRA), tokenizer,
@@ -355,6 +370,8 @@ def fit_reward_model(
         fingerprint=fingerprint,
         unit_name="pairs",
         lengths=_pair_lengths(data) if cfg.group_by_length else None,
+        name="train_rm",
+        progress_every=progress_every,
     )
     return FitResult(
         model=trained,
@@ -494,6 +511,7 @@ def train_rm(
     seed: int,
     cfg: TrainRMConfig,
     checkpoint_dir: Path | None = None,
+    progress_every: float = PROGRESS_EVERY_S,
 ) -> dict[str, float]:
     """Fit a Bradley-Terry RM on ``pairs``, save it to ``out``, return metrics.
 
@@ -505,6 +523,7 @@ def train_rm(
         cfg: hyperparameters.
         checkpoint_dir: checkpoint/resume folder, outside ``out``; deleted after
             success. None disables checkpoints.
+        progress_every: seconds between two progress lines of the loop.
 
     Returns:
         Scalar metrics: ``n_pairs`` (trained on), ``n_truncated``,
@@ -516,7 +535,12 @@ def train_rm(
     """
     check_checkpoint_dir(out, checkpoint_dir)
     fit = fit_reward_model(
-        pairs, base, seed=seed, cfg=cfg, checkpoint_dir=checkpoint_dir
+        pairs,
+        base,
+        seed=seed,
+        cfg=cfg,
+        checkpoint_dir=checkpoint_dir,
+        progress_every=progress_every,
     )
     if fit.accelerator.is_main_process:
         save_reward_model(fit, out, keep_adapter=cfg.keep_adapter)
@@ -550,6 +574,7 @@ def make_parser() -> argparse.ArgumentParser:
         default=None,
         help="checkpoint/resume folder outside --out (deleted after success)",
     )
+    add_progress_arg(parser)
     add_dataclass_args(parser, TrainRMConfig)
     return parser
 
@@ -579,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             cfg=cfg,
             checkpoint_dir=args.checkpoint_dir,
+            progress_every=args.progress_every,
         )
     except Interrupted as err:
         logger.warning("%s", err)

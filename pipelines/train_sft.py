@@ -23,7 +23,10 @@ markers and padding get label -100. The chat template and system prompt are
 is a prompt turn, never trained. The output folder holds the model and
 tokenizer (``save_pretrained``, safetensors; the tokenizer carries the
 template used), ``run_config.json`` (with the chat format, which RM training
-and generation inherit) and ``metrics.json`` (loss curve).
+and generation inherit) and ``metrics.json`` (loss curve). Every
+``--progress-every`` seconds the log gets a progress line (steps done, rate,
+ETA). ``--help`` loads no torch: the model stack is imported when training
+starts.
 """
 
 from __future__ import annotations
@@ -33,10 +36,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-import torch.nn.functional as F
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from pipelines.common.chat_format import ChatFormat, setup_chat_format
 from pipelines.common.cli import (
@@ -46,7 +46,13 @@ from pipelines.common.cli import (
     handle_user_errors,
 )
 from pipelines.common.io import read_jsonl
-from pipelines.common.logs import library_versions, log_run_header, setup_logging
+from pipelines.common.logs import (
+    PROGRESS_EVERY_S,
+    add_progress_arg,
+    library_versions,
+    log_run_header,
+    setup_logging,
+)
 from pipelines.common.modeling import (
     TinyArch,
     count_parameters,
@@ -77,6 +83,10 @@ from pipelines.common.training import (
     save_pretrained_atomic,
     train_loop,
 )
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +202,8 @@ def lm_loss_sum(
     Returns:
         The summed loss and ``{"tokens": number of labelled targets}``.
     """
+    import torch.nn.functional as F
+
     logits = model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
@@ -217,6 +229,7 @@ def train_sft(
     seed: int,
     cfg: TrainSFTConfig,
     checkpoint_dir: Path | None = None,
+    progress_every: float = PROGRESS_EVERY_S,
 ) -> dict[str, float]:
     """Fine-tune (or train from a seeded init) a causal LM on SFT records.
 
@@ -231,6 +244,7 @@ def train_sft(
         cfg: hyperparameters.
         checkpoint_dir: checkpoint/resume folder outside ``out``; deleted after
             success. None disables checkpoints.
+        progress_every: seconds between two progress lines of the loop.
 
     Returns:
         ``final_loss``, ``first_loss`` (first logged), ``n_examples``,
@@ -285,6 +299,8 @@ def train_sft(
         fingerprint=fingerprint,
         unit_name="examples",
         lengths=[len(ex.ids) for ex in examples] if cfg.group_by_length else None,
+        name="train_sft",
+        progress_every=progress_every,
     )
     metrics = {
         "n_examples": len(examples),
@@ -420,6 +436,7 @@ def make_parser() -> argparse.ArgumentParser:
         default=None,
         help="checkpoint/resume folder outside --out (deleted after success)",
     )
+    add_progress_arg(parser)
     add_dataclass_args(parser, TrainSFTConfig)
     return parser
 
@@ -451,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             cfg=cfg,
             checkpoint_dir=args.checkpoint_dir,
+            progress_every=args.progress_every,
         )
     except Interrupted as err:
         logger.warning("%s", err)
