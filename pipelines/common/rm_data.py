@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.common.modeling import encode_conversations
 from pipelines.common.records import read_pairs
+from pipelines.common.tokenization import encode_conversations
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pipelines.common.chat_format import with_system_prompt
-from pipelines.common.modeling import prompt_text, special_frame, truncate_ids
 from pipelines.common.progress import Progress
+from pipelines.common.tokenization import prompt_text, special_frame, truncate_ids
 
 if TYPE_CHECKING:
     import torch

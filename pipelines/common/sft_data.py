@@ -3,7 +3,7 @@
 The prompt (every turn but the last, the generation prompt, any system turn)
 gets label -100; the last assistant reply and the template's closing tokens are
 trained. Truncation keeps the tokenizer's special tokens (BOS, an added EOS)
-and cuts ids and labels alike (:func:`pipelines.common.modeling.truncate_ids`).
+and cuts ids and labels alike (:func:`pipelines.common.tokenization.truncate_ids`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pipelines.common.chat_format import with_system_prompt
-from pipelines.common.modeling import (
+from pipelines.common.tokenization import (
     chat_text,
     prompt_text,
     special_frame,
@@ -136,7 +136,7 @@ def truncate_examples(
     """Cut over-long examples' ids and labels alike, keeping special tokens.
 
     The tokenizer's added BOS (and EOS) stay, as in Hugging Face truncation
-    (:func:`pipelines.common.modeling.truncate_ids`).
+    (:func:`pipelines.common.tokenization.truncate_ids`).
     """
     frame = special_frame(tok)
     out = []
