@@ -57,7 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.common.chat_format import ChatFormat, setup_chat_format
+from pipelines.common.chat_format import ChatFormat
 from pipelines.common.cli import (
     add_dataclass_args,
     dataclass_from_args,
@@ -71,14 +71,15 @@ from pipelines.common.logs import (
     log_run_header,
     setup_logging,
 )
-from pipelines.common.modeling import (
-    count_parameters,
-    ensure_pad_embeddings,
-    load_reward_model,
-    load_tokenizer,
-    pad_batch,
-)
 from pipelines.common.rm_data import OVER_LENGTH, PairData, load_pair_data
+from pipelines.common.rm_training import (
+    FitResult,
+    bt_loss_sum,
+    load_rm_base,
+    pair_batches,
+    pair_lengths,
+    save_reward_model,
+)
 from pipelines.common.seeding import seed_everything
 from pipelines.common.training import (
     Batch,
@@ -92,14 +93,12 @@ from pipelines.common.training import (
     quiet_logging,
     remove_checkpoints,
     run_fingerprint,
-    save_pretrained_atomic,
     train_loop,
 )
 
 if TYPE_CHECKING:
     import torch
     from accelerate import Accelerator
-    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -211,80 +210,16 @@ class TrainRMConfig:
         default=200,
     )
 
-
-@dataclass
-class FitResult:
-    """A trained RM in memory (before merging and saving) and its run record."""
-
-    model: torch.nn.Module  # unwrapped; a PeftModel when cfg.lora
-    tokenizer: PreTrainedTokenizerBase
-    metrics: dict[str, object]
-    run_config: dict[str, object]
-    accelerator: Accelerator
-
-
-def bt_loss_sum(
-    model: torch.nn.Module, batch: Batch, *, l2_coef: float = 0.0
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Bradley-Terry loss summed over the pairs of one interleaved batch.
-
-    Rows ``0, 2, 4...`` are chosen, ``1, 3, 5...`` rejected.
-
-    Args:
-        model: a sequence-classification model with one label.
-        batch: ``input_ids`` and ``attention_mask``, ``[2 * pairs, length]``.
-        l2_coef: weight of ``0.5 * (r_c^2 + r_r^2)`` (OpenAssistant RMLoss).
-
-    Returns:
-        The summed loss and summed statistics (``accuracy``: pairs with
-        ``r_c > r_r`` strictly; ``margin``: summed ``r_c - r_r``).
-    """
-    import torch
-    import torch.nn.functional as F
-
-    logits = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        use_cache=False,
-    ).logits
-    rewards = logits[:, 0].float()
-    r_c, r_r = rewards[0::2], rewards[1::2]
-    loss = -F.logsigmoid(r_c - r_r)
-    if l2_coef:
-        loss = loss + l2_coef * 0.5 * (r_c.square() + r_r.square())
-    with torch.no_grad():
-        stats = {
-            "accuracy": (r_c > r_r).float().sum(),
-            "margin": (r_c - r_r).sum(),
+    def lora_args(self) -> dict[str, object] | None:
+        """Keyword arguments of ``wrap_lora``; None for full fine-tuning."""
+        if not self.lora:
+            return None
+        return {
+            "r": self.lora_r,
+            "alpha": self.lora_alpha,
+            "dropout": self.lora_dropout,
+            "target_modules": self.lora_target_modules,
         }
-    return loss.sum(), stats
-
-
-def _wrap_lora(model: torch.nn.Module, cfg: TrainRMConfig) -> torch.nn.Module:
-    """Add LoRA adapters; the score head is trained in full (modules_to_save)."""
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    targets: str | list[str] = cfg.lora_target_modules
-    if targets != "all-linear":
-        targets = [t.strip() for t in targets.split(",") if t.strip()]
-    # eth-dl-rewards train_reward_model.py: r 32, alpha 64, dropout 0.01,
-    # all-linear, bias none, SEQ_CLS (ALGORITHMS.md section 6.3). SEQ_CLS makes
-    # PEFT add the classification head ("score"/"classifier") to modules_to_save.
-    lora_cfg = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=targets,
-        bias="none",
-        task_type=TaskType.SEQ_CLS,
-    )
-    peft_model = get_peft_model(model, lora_cfg)
-    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
-    if not any("lora_" not in n for n in trainable):
-        raise ValueError(
-            "LoRA wrapping left the score head frozen; name it in modules_to_save"
-        )
-    return peft_model
 
 
 def fit_reward_model(
@@ -323,7 +258,13 @@ def fit_reward_model(
     # Seed before loading: the new score head (and any resized embedding rows)
     # are drawn from torch's RNG.
     seed_everything(seed)
-    tok, model, fmt = _load_base(base, cfg)
+    tok, model, fmt = load_rm_base(
+        base,
+        trust_remote_code=cfg.trust_remote_code,
+        chat_template=cfg.chat_template,
+        system_prompt=cfg.system_prompt,
+        lora=cfg.lora_args(),
+    )
     data = load_pair_data(
         pairs,
         tok,
@@ -333,43 +274,26 @@ def fit_reward_model(
         system_prompt=fmt.system_prompt,
     )
     n_pairs = len(data.chosen)
-    pad_id = tok.pad_token_id
-    device = accelerator.device
-
-    def make_batch(indices: list[int]) -> tuple[Batch, int]:
-        seqs: list[list[int]] = []
-        for i in indices:
-            seqs.append(data.chosen[i])
-            seqs.append(data.rejected[i])
-        ids, mask = pad_batch(seqs, pad_id, device)
-        return {"input_ids": ids, "attention_mask": mask}, len(indices)
 
     def loss_fn(m: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict]:
         return bt_loss_sum(m, batch, l2_coef=cfg.l2_coef)
 
     digests = {str(p): file_digest(Path(p)) for p in pairs}
-    science = {k: v for k, v in config_dict(cfg).items() if k not in OPERATIONAL_FIELDS}
-    fingerprint = run_fingerprint(
-        stage="train_rm",
-        config=science,
-        chat_format=fmt.record(with_template=False),
-        seed=seed,
-        base=str(base),
-        data=digests,
-        processes=accelerator.num_processes,
+    fingerprint = _fingerprint(
+        cfg, fmt, seed=seed, base=base, digests=digests, accelerator=accelerator
     )
     trained, result = train_loop(
         accelerator=accelerator,
         model=model,
         n_examples=n_pairs,
-        make_batch=make_batch,
+        make_batch=pair_batches(data, tok.pad_token_id, accelerator.device),
         loss_fn=loss_fn,
         cfg=cfg,
         seed=seed,
         checkpoint_dir=checkpoint_dir,
         fingerprint=fingerprint,
         unit_name="pairs",
-        lengths=_pair_lengths(data) if cfg.group_by_length else None,
+        lengths=pair_lengths(data) if cfg.group_by_length else None,
         name="train_rm",
         progress_every=progress_every,
     )
@@ -389,6 +313,28 @@ def fit_reward_model(
             fingerprint=fingerprint,
         ),
         accelerator=accelerator,
+    )
+
+
+def _fingerprint(
+    cfg: TrainRMConfig,
+    fmt: ChatFormat,
+    *,
+    seed: int,
+    base: str,
+    digests: dict[str, str],
+    accelerator: Accelerator,
+) -> str:
+    """What a checkpoint must match to be resumed (operational fields aside)."""
+    science = {k: v for k, v in config_dict(cfg).items() if k not in OPERATIONAL_FIELDS}
+    return run_fingerprint(
+        stage="train_rm",
+        config=science,
+        chat_format=fmt.record(with_template=False),
+        seed=seed,
+        base=str(base),
+        data=digests,
+        processes=accelerator.num_processes,
     )
 
 
@@ -428,37 +374,6 @@ def _run_config(
     }
 
 
-def _pair_lengths(data: PairData) -> list[int]:
-    """Length of each pair's longer side (what length-grouped batches sort by)."""
-    return [
-        max(len(c), len(r)) for c, r in zip(data.chosen, data.rejected, strict=True)
-    ]
-
-
-def _load_base(
-    base: str, cfg: TrainRMConfig
-) -> tuple[PreTrainedTokenizerBase, torch.nn.Module, ChatFormat]:
-    """Tokenizer (with the resolved chat format), RM (LoRA-wrapped if asked)."""
-    tok = load_tokenizer(base, trust_remote_code=cfg.trust_remote_code)
-    fmt = setup_chat_format(
-        tok, base, chat_template=cfg.chat_template, system_prompt=cfg.system_prompt
-    )
-    model = load_reward_model(base, trust_remote_code=cfg.trust_remote_code)
-    ensure_pad_embeddings(model, tok)
-    if tok.pad_token_id == tok.eos_token_id:  # load_tokenizer prevents this
-        raise ValueError("the RM pad token must differ from EOS")
-    if cfg.lora:
-        model = _wrap_lora(model, cfg)
-    logger.info(
-        "model %s: %d parameters, %d trainable (%s)",
-        base,
-        count_parameters(model),
-        count_parameters(model, trainable_only=True),
-        "LoRA + head" if cfg.lora else "full",
-    )
-    return tok, model, fmt
-
-
 def _metrics(
     result: LoopResult, data: PairData, n_pairs: int, cfg: TrainRMConfig
 ) -> dict[str, object]:
@@ -477,30 +392,6 @@ def _metrics(
         "train_loss_last_epoch": last_epoch.get("loss", float("nan")),
         **loop_metrics(result, "pairs"),
     }
-
-
-def save_reward_model(fit: FitResult, out: Path, *, keep_adapter: bool = False) -> None:
-    """Merge LoRA adapters (if any) and save model, tokenizer and records.
-
-    Args:
-        fit: the result of :func:`fit_reward_model`.
-        out: the output folder (replaced atomically).
-        keep_adapter: also save the unmerged PEFT adapter under ``out/adapter``.
-    """
-    from peft import PeftModel
-
-    model = fit.model
-    adapter = None
-    if isinstance(model, PeftModel):
-        adapter = model
-        model = model.merge_and_unload()
-    model.config.pad_token_id = fit.tokenizer.pad_token_id
-    files = {"run_config.json": fit.run_config, "metrics.json": fit.metrics}
-    save_pretrained_atomic(out, model, fit.tokenizer, files)
-    if keep_adapter and adapter is not None:
-        # merge_and_unload leaves the PeftModel's saved state usable: write it
-        # beside the merged weights (PEFT format: adapter_config + safetensors)
-        adapter.save_pretrained(Path(out) / "adapter")
 
 
 def train_rm(
