@@ -60,13 +60,13 @@ from pipelines.common.modeling import (
     init_tiny_causal_lm,
     load_causal_lm,
     load_tokenizer,
-    pad_batch,
 )
 from pipelines.common.seeding import seed_everything
 from pipelines.common.sft_data import (
     IGNORE,
     SFTExample,
     build_sft_examples,
+    sft_batches,
     truncate_examples,
 )
 from pipelines.common.training import (
@@ -86,6 +86,7 @@ from pipelines.common.training import (
 
 if TYPE_CHECKING:
     import torch
+    from accelerate import Accelerator
     from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
@@ -265,33 +266,14 @@ def train_sft(
     seed_everything(seed)
     tok, model, fmt = _load_start(base, tokenizer, seed=seed, cfg=cfg)
     examples, counts = _prepare_examples(data, tok, cfg, fmt.system_prompt)
-    pad_id = tok.pad_token_id
-    device = accelerator.device
-
-    def make_batch(indices: list[int]) -> tuple[Batch, int]:
-        chosen = [examples[i] for i in indices]
-        ids, mask = pad_batch([ex.ids for ex in chosen], pad_id, device)
-        labels, _ = pad_batch([ex.labels for ex in chosen], IGNORE, device)
-        units = int((labels[:, 1:] != IGNORE).sum())
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}, units
-
     digests = {str(p): file_digest(Path(p)) for p in data}
-    science = {k: v for k, v in config_dict(cfg).items() if k not in OPERATIONAL_FIELDS}
-    fingerprint = run_fingerprint(
-        stage="train_sft",
-        config=science,
-        chat_format=fmt.record(with_template=False),
-        seed=seed,
-        base=base,
-        tokenizer=tokenizer,
-        data=digests,
-        processes=accelerator.num_processes,
-    )
+    run = {"seed": seed, "base": base, "tokenizer": tokenizer, "data": data}
+    fingerprint = _fingerprint(cfg, fmt, run, digests, accelerator)
     trained, result = train_loop(
         accelerator=accelerator,
         model=model,
         n_examples=len(examples),
-        make_batch=make_batch,
+        make_batch=sft_batches(examples, tok.pad_token_id, accelerator.device),
         loss_fn=lm_loss_sum,
         cfg=cfg,
         seed=seed,
@@ -308,19 +290,7 @@ def train_sft(
         "first_loss": result.history[0]["loss"] if result.history else float("nan"),
         **loop_metrics(result, "examples"),
     }
-    run_config = {
-        "stage": "train_sft",
-        "config": config_dict(cfg),
-        "seed": seed,
-        "base": base,
-        "tokenizer": tokenizer if tokenizer is not None else base,
-        "data": [{"path": str(p), "sha256": digests[str(p)]} for p in data],
-        "chat_format": fmt.record(),
-        "num_processes": accelerator.num_processes,
-        "device": str(device),
-        "fingerprint": fingerprint,
-        "versions": library_versions(),
-    }
+    run_config = _run_config(cfg, fmt, run, digests, accelerator, fingerprint)
     if accelerator.is_main_process:
         files = {"run_config.json": run_config, "metrics.json": metrics}
         save_pretrained_atomic(out, trained, tok, files)
@@ -335,6 +305,56 @@ def train_sft(
         "examples_per_second",
     )
     return {k: float(metrics[k]) for k in keys}  # type: ignore[arg-type]
+
+
+def _fingerprint(
+    cfg: TrainSFTConfig,
+    fmt: ChatFormat,
+    run: dict,
+    digests: dict[str, str],
+    accelerator: Accelerator,
+) -> str:
+    """What a checkpoint must match to be resumed (operational fields aside).
+
+    ``run`` holds the run's ``seed``, ``base``, ``tokenizer`` and ``data``
+    files; ``digests`` maps each file to its SHA-256.
+    """
+    science = {k: v for k, v in config_dict(cfg).items() if k not in OPERATIONAL_FIELDS}
+    return run_fingerprint(
+        stage="train_sft",
+        config=science,
+        chat_format=fmt.record(with_template=False),
+        seed=run["seed"],
+        base=run["base"],
+        tokenizer=run["tokenizer"],
+        data=digests,
+        processes=accelerator.num_processes,
+    )
+
+
+def _run_config(
+    cfg: TrainSFTConfig,
+    fmt: ChatFormat,
+    run: dict,
+    digests: dict[str, str],
+    accelerator: Accelerator,
+    fingerprint: str,
+) -> dict[str, object]:
+    """The run record saved as ``run_config.json`` (``run`` as in _fingerprint)."""
+    base, tokenizer = run["base"], run["tokenizer"]
+    return {
+        "stage": "train_sft",
+        "config": config_dict(cfg),
+        "seed": run["seed"],
+        "base": base,
+        "tokenizer": tokenizer if tokenizer is not None else base,
+        "data": [{"path": str(p), "sha256": digests[str(p)]} for p in run["data"]],
+        "chat_format": fmt.record(),
+        "num_processes": accelerator.num_processes,
+        "device": str(accelerator.device),
+        "fingerprint": fingerprint,
+        "versions": library_versions(),
+    }
 
 
 def _load_start(
