@@ -21,15 +21,10 @@ from pipelines.common.modeling import (
     train_tokenizer,
 )
 from pipelines.common.records import read_pairs
+from pipelines.common.sampling import encode_prompts, sample_texts
 from pipelines.common.sandbox import set_backend
 from pipelines.domains import VerifierOptions, code, math
-from pipelines.generate_candidates import (
-    GenerateConfig,
-    encode_prompts,
-    generate_candidates,
-    main,
-    sample_texts,
-)
+from pipelines.generate_candidates import GenerateConfig, generate_candidates, main
 
 from .bos_tokenizers import save_bos_tokenizer
 
@@ -115,7 +110,7 @@ def test_sampling_logs_progress_per_generate_call_and_a_final_line(
     world, tmp_path, caplog
 ):
     out = tmp_path / "gens.jsonl"
-    with caplog.at_level(logging.INFO, logger="pipelines.generate_candidates"):
+    with caplog.at_level(logging.INFO, logger="pipelines.common.sampling"):
         generate_candidates(
             world["policy"],
             world["pairs"]["math"],
@@ -283,7 +278,7 @@ def test_policy_samples_with_its_recorded_system_prompt(world, tmp_path, monkeyp
         fed.append([list(p) for p in prompt_ids])
         return sample_texts(model, tok, prompt_ids, **kw)
 
-    monkeypatch.setattr("pipelines.generate_candidates.sample_texts", spy)
+    monkeypatch.setattr("pipelines.common.sampling.sample_texts", spy)
 
     def run(name, **kw):
         out = tmp_path / f"{name}.jsonl"
