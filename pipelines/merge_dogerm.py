@@ -289,16 +289,6 @@ def merge_dogerm(
         progress.finish()
         vocab_size = max(vocab_size, int(rm_config.get("vocab_size", rm_vocab_len)))
         n_shards = writer.finish()
-
-        config = dict(rm_config)
-        config["vocab_size"] = vocab_size
-        (tmp / "config.json").write_text(
-            json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-        )
-        for extra in ("generation_config.json",):
-            if (rm_dir / extra).exists():
-                shutil.copy2(rm_dir / extra, tmp / extra)
-        rm_tok.save_pretrained(str(tmp))
         summary = {
             "method": "dogerm_linear",
             **asdict(cfg),
@@ -315,17 +305,43 @@ def merge_dogerm(
                 chat_format.record(with_template=False) if chat_format else None
             ),
         }
-        run_config = {
-            "stage": "merge_dogerm",
-            "merge": summary,
-            "chat_format": chat_format.record() if chat_format else None,
-        }
-        for name, obj in (("merge_config.json", summary), (RUN_CONFIG, run_config)):
-            (tmp / name).write_text(
-                json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-            )
+        _write_records(tmp, rm_dir, rm_tok, rm_config, summary, chat_format)
     logger.info("merged %s + %s -> %s: %s", rm, lm, out, summary["tensors"])
     return summary
+
+
+def _write_records(
+    tmp: Path,
+    rm_dir: Path,
+    rm_tok: PreTrainedTokenizerBase,
+    rm_config: dict,
+    summary: dict,
+    chat_format: ChatFormat | None,
+) -> None:
+    """Write the merged folder's config, tokenizer and run records into ``tmp``.
+
+    ``config.json`` is the RM's with the merged ``vocab_size``;
+    ``merge_config.json`` is ``summary``; ``run_config.json`` carries the
+    RM's chat format (scorers of the merge inherit it).
+    """
+    config = dict(rm_config)
+    config["vocab_size"] = summary["vocab_size"]
+    (tmp / "config.json").write_text(
+        json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    for extra in ("generation_config.json",):
+        if (rm_dir / extra).exists():
+            shutil.copy2(rm_dir / extra, tmp / extra)
+    rm_tok.save_pretrained(str(tmp))
+    run_config = {
+        "stage": "merge_dogerm",
+        "merge": summary,
+        "chat_format": chat_format.record() if chat_format else None,
+    }
+    for name, obj in (("merge_config.json", summary), (RUN_CONFIG, run_config)):
+        (tmp / name).write_text(
+            json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
 
 
 def _merge_tensors(
