@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipelines.common.chat_format import CHAT_TEMPLATE
+from pipelines.common.progress import Progress
 
 # the text side of the contract; importable from here as before
 from pipelines.common.tokenization import NO_FRAME as NO_FRAME
@@ -294,6 +295,7 @@ def score_ids(
     batch_size: int = 16,
     sort_by_length: bool = True,
     device: torch.device | None = None,
+    progress: Progress | None = None,
 ) -> np.ndarray:
     """Reward of each sequence, in input order.
 
@@ -307,6 +309,8 @@ def score_ids(
         batch_size: sequences per forward pass.
         sort_by_length: length-sorted batching (else input order).
         device: where to run; defaults to the model's device.
+        progress: counts the sequences scored (one update per batch); its
+            final line is the caller's.
 
     Returns:
         float64 scores, shape ``[len(seqs)]``.
@@ -332,6 +336,8 @@ def score_ids(
             ids, mask = pad_batch([seqs[i] for i in idx], pad_id, device)
             logits = model(input_ids=ids, attention_mask=mask).logits
             scores[idx] = logits[:, 0].float().cpu().numpy()
+            if progress is not None:
+                progress.update(len(idx))
     return scores
 
 
