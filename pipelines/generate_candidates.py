@@ -32,6 +32,10 @@ writes passing code. Output, one JSON line per prompt::
 default or not, sources); with ``--gold-model`` a ``gold_chat_format`` records
 the gold RM's. ``prompt`` stays the record's own turns (no system turn), so
 each scorer applies its own format.
+
+Every ``--progress-every`` seconds the log gets a progress line (sequences
+sampled, rate, ETA), and one when sampling ends. ``--help`` loads no torch:
+the model stack is imported when sampling starts.
 """
 
 from __future__ import annotations
@@ -39,15 +43,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from pipelines.common.chat_format import ChatFormat, setup_chat_format
 from pipelines.common.cli import (
     add_dataclass_args,
     dataclass_from_args,
@@ -55,28 +56,22 @@ from pipelines.common.cli import (
     handle_user_errors,
 )
 from pipelines.common.io import write_jsonl
-from pipelines.common.logs import library_versions, log_run_header, setup_logging
-from pipelines.common.modeling import (
-    DTYPES,
-    ensure_pad_embeddings,
-    load_causal_lm,
-    load_tokenizer,
-    resolve_device,
+from pipelines.common.logs import (
+    PROGRESS_EVERY_S,
+    add_progress_arg,
+    library_versions,
+    log_run_header,
+    setup_logging,
 )
+from pipelines.common.modeling import DTYPES
 from pipelines.common.records import read_pairs
-from pipelines.common.sampling import encode_prompts, sample_texts
+from pipelines.common.sampling import Sampled, sample_policy
 from pipelines.domains import (
     MATH_EXTRACTION,
     VerifierOptions,
     add_sandbox_arg,
     domain_module,
     verifier_record,
-)
-from pipelines.score_candidates import (
-    ScoreConfig,
-    candidate_conversations,
-    load_scorer,
-    score_conversations,
 )
 
 logger = logging.getLogger(__name__)
@@ -147,94 +142,6 @@ class GenerateConfig:
             )
 
 
-@dataclass
-class Sampled:
-    """Decoded samples per prompt and the work it took."""
-
-    texts: list[list[str]]  # [prompt][sample]
-    new_tokens: int  # sampled tokens, up to and including the first stop token
-    seconds: float
-    truncated_prompts: int
-    chat_format: ChatFormat
-
-
-def _sample_policy(
-    policy: str, prompts: list[list[dict]], *, seed: int, cfg: GenerateConfig
-) -> Sampled:
-    """Load the policy, sample ``cfg.big_n`` replies per prompt and free it."""
-    device = resolve_device(cfg.device)
-    tok = load_tokenizer(policy, trust_remote_code=cfg.trust_remote_code)
-    fmt = setup_chat_format(
-        tok, policy, chat_template=cfg.chat_template, system_prompt=cfg.system_prompt
-    )
-    model = load_causal_lm(
-        policy, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
-    )
-    rows_before = model.get_input_embeddings().weight.shape[0]
-    ensure_pad_embeddings(model, tok)
-    new_pad_row = model.get_input_embeddings().weight.shape[0] != rows_before
-    model.to(device)
-    model.eval()
-    positions = getattr(model.config, "max_position_embeddings", None)
-    room = positions - cfg.max_new_tokens if positions else None
-    if room is not None and room < 1:
-        raise ValueError(
-            f"max_new_tokens {cfg.max_new_tokens} leaves no room for a prompt in"
-            f" the policy's {positions} positions"
-        )
-    prompt_ids, truncated = encode_prompts(
-        tok, prompts, max_length=room, system_prompt=fmt.system_prompt
-    )
-    if truncated:
-        logger.warning(
-            "%d of %d prompts longer than %d tokens were cut on the left",
-            truncated,
-            len(prompts),
-            room,
-        )
-    generate_kwargs = {
-        "do_sample": True,
-        "temperature": cfg.temperature,
-        "top_p": cfg.top_p,
-        "top_k": 0,  # off, as tlc4418 rollouts (HF would apply 50 by default)
-        "max_new_tokens": cfg.max_new_tokens,
-        "num_return_sequences": 1,
-        "use_cache": True,
-    }
-    if new_pad_row:  # an untrained pad row must not be sampled
-        generate_kwargs["suppress_tokens"] = [tok.pad_token_id]
-    logger.info(
-        "sampling %d x %d replies on %s: %s, %d sequences per call",
-        len(prompts),
-        cfg.big_n,
-        device,
-        generate_kwargs,
-        cfg.batch_size,
-    )
-    torch.manual_seed(seed)
-    start = time.perf_counter()
-    texts, new_tokens = sample_texts(
-        model,
-        tok,
-        prompt_ids,
-        n=cfg.big_n,
-        batch_size=cfg.batch_size,
-        generate_kwargs=generate_kwargs,
-        device=device,
-    )
-    seconds = time.perf_counter() - start
-    del model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return Sampled(
-        texts=texts,
-        new_tokens=new_tokens,
-        seconds=seconds,
-        truncated_prompts=truncated,
-        chat_format=fmt,
-    )
-
-
 def verifier_gold(
     domain: str,
     items: Sequence[tuple[dict, str]],
@@ -279,6 +186,14 @@ def _gold_scores(
         items = [(ln["task"], c["text"]) for ln in lines for c in ln["candidates"]]
         gold = verifier_gold(domain, items, workers=workers, verifier=verifier)
         return gold, f"verifier:{domain}"
+    # the RM scorer loads torch; only a gold-model run pays for it
+    from pipelines.score_candidates import (
+        ScoreConfig,
+        candidate_conversations,
+        load_scorer,
+        score_conversations,
+    )
+
     score_cfg = ScoreConfig(
         batch_size=cfg.batch_size,
         dtype=cfg.dtype,
@@ -305,6 +220,7 @@ def generate_candidates(
     cfg: GenerateConfig,
     domain: str,
     verifier: VerifierOptions | None = None,
+    progress_every: float = PROGRESS_EVERY_S,
 ) -> dict:
     """Sample candidates for held-out prompts, score them with the gold, write JSONL.
 
@@ -319,6 +235,7 @@ def generate_candidates(
         verifier: how the domain's verifier checks (math extraction, code
             sandbox backend); recorded with the gold in every line
             (``gold_source``).
+        progress_every: seconds between two progress lines of the sampling.
 
     Returns:
         Summary: counts, ``mean_gold`` by source, ``new_tokens``,
@@ -332,6 +249,38 @@ def generate_candidates(
     verifier = verifier or VerifierOptions()
     if cfg.gold_model is None:
         domain_module(domain)  # fail before sampling on a domain with no verifier
+    records, tasks = _read_prompts(pairs, cfg)
+    sampled = sample_policy(
+        policy,
+        [r["prompt"] for r in records],
+        seed=seed,
+        cfg=cfg,
+        name="generate_candidates",
+        progress_every=progress_every,
+    )
+    lines = _candidate_lines(records, tasks, sampled, cfg, domain)
+    gold, gold_kind = _gold_scores(lines, domain, cfg, verifier)
+    flat = [c for ln in lines for c in ln["candidates"]]
+    for cand, value in zip(flat, gold, strict=True):
+        cand["gold"] = float(value)
+    gold_source = {"kind": gold_kind}
+    if cfg.gold_model is None:
+        gold_source.update(verifier_record(domain, verifier))
+    for line in lines:
+        line["gold_source"] = gold_source
+    write_jsonl(out, lines)
+    return _summary(lines, sampled, gold_source, domain=domain, out=out)
+
+
+def _read_prompts(
+    pairs: Path, cfg: GenerateConfig
+) -> tuple[list[dict], list[dict | None]]:
+    """The first ``cfg.n_prompts`` records of ``pairs`` and their verifier tasks.
+
+    Raises:
+        ValueError: no records, or (without a gold model) a record without
+            ``metadata["task"]``.
+    """
     records = read_pairs(pairs)[: cfg.n_prompts]
     if not records:
         raise ValueError(f"{pairs}: no records")
@@ -349,8 +298,17 @@ def generate_candidates(
             f"records without metadata.task cannot be verified: {missing[:5]}"
             " (set gold_model to score them with an RM)"
         )
+    return records, tasks
 
-    sampled = _sample_policy(policy, [r["prompt"] for r in records], seed=seed, cfg=cfg)
+
+def _candidate_lines(
+    records: list[dict],
+    tasks: list[dict | None],
+    sampled: Sampled,
+    cfg: GenerateConfig,
+    domain: str,
+) -> list[dict]:
+    """One output line per prompt: its policy samples and extras, gold unset."""
     policy_format = sampled.chat_format.record(with_template=False)
     lines = []
     for record, task, texts in zip(records, tasks, sampled.texts, strict=True):
@@ -369,18 +327,15 @@ def generate_candidates(
                 "chat_format": policy_format,
             }
         )
+    return lines
 
-    gold, gold_kind = _gold_scores(lines, domain, cfg, verifier)
+
+def _summary(
+    lines: list[dict], sampled: Sampled, gold_source: dict, *, domain: str, out: Path
+) -> dict:
+    """Counts, mean gold by source and sampling speed; logged and returned."""
     flat = [c for ln in lines for c in ln["candidates"]]
-    for cand, value in zip(flat, gold, strict=True):
-        cand["gold"] = float(value)
-    gold_source = {"kind": gold_kind}
-    if cfg.gold_model is None:
-        gold_source.update(verifier_record(domain, verifier))
-    for line in lines:
-        line["gold_source"] = gold_source
-    write_jsonl(out, lines)
-
+    gold_kind = gold_source["kind"]
     mean_gold = {
         s: float(np.mean([c["gold"] for c in flat if c["source"] == s]))
         for s in SOURCES
@@ -398,7 +353,7 @@ def generate_candidates(
         "generation_seconds": sampled.seconds,
         "tokens_per_second": rate,
         "truncated_prompts": sampled.truncated_prompts,
-        "chat_format": policy_format,
+        "chat_format": sampled.chat_format.record(with_template=False),
     }
     logger.info(
         "%s: %d prompts, %d candidates %s; mean gold (%s) by source %s;"
@@ -442,6 +397,7 @@ def make_parser() -> argparse.ArgumentParser:
         " (config data.math_extraction)",
     )
     add_sandbox_arg(parser)
+    add_progress_arg(parser)
     add_dataclass_args(parser, GenerateConfig)
     return parser
 
@@ -473,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg=cfg,
         domain=args.domain,
         verifier=verifier,
+        progress_every=args.progress_every,
     )
     return 0
 

@@ -17,6 +17,9 @@ into the merged folder's ``run_config.json``, so scoring a merge uses the RM's
 system prompt by default, whatever the folder is called (ALGORITHMS.md
 section 4.3 [BUG]). An RM without one leaves ``chat_format`` null: the merged
 model is then scored like the RM, with its tokenizer's template.
+
+Every ``--progress-every`` seconds the log gets a progress line (tensors
+merged, rate, ETA), and one at the end. ``--help`` loads no torch.
 """
 
 from __future__ import annotations
@@ -28,9 +31,7 @@ import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from pipelines.common.chat_format import (
     RUN_CONFIG,
@@ -44,8 +45,18 @@ from pipelines.common.cli import (
     handle_user_errors,
 )
 from pipelines.common.io import atomic_dir
-from pipelines.common.logs import log_run_header, setup_logging
+from pipelines.common.logs import (
+    PROGRESS_EVERY_S,
+    add_progress_arg,
+    log_run_header,
+    setup_logging,
+)
+from pipelines.common.progress import Progress
 from pipelines.common.safetensors_shards import Checkpoint, ShardWriter
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +215,14 @@ def _is_head(stripped: str, heads: tuple[str, ...]) -> bool:
     return stripped.split(".", 1)[0] in heads
 
 
-def merge_dogerm(rm: str, lm: str, out: Path, *, cfg: MergeConfig) -> dict:
+def merge_dogerm(
+    rm: str,
+    lm: str,
+    out: Path,
+    *,
+    cfg: MergeConfig,
+    progress_every: float = PROGRESS_EVERY_S,
+) -> dict:
     """Merge a sequence-classification RM with a causal LM and save the result.
 
     Args:
@@ -214,6 +232,7 @@ def merge_dogerm(rm: str, lm: str, out: Path, *, cfg: MergeConfig) -> dict:
         lm: the causal LM of the same architecture (folder or hub id).
         out: output folder, written atomically.
         cfg: merge weights and shard size.
+        progress_every: seconds between two progress lines of the tensor loop.
 
     Returns:
         The summary also written to ``out/merge_config.json``: weights,
@@ -224,6 +243,8 @@ def merge_dogerm(rm: str, lm: str, out: Path, *, cfg: MergeConfig) -> dict:
             an RM-only token, or a shared tensor of different shape.
         FileNotFoundError: a folder is not a safetensors checkpoint.
     """
+    from transformers import AutoTokenizer
+
     alpha, beta = float(cfg.rm_weight), float(cfg.lm_weight)
     if abs(alpha + beta - 1.0) > 1e-6:
         logger.warning(
@@ -246,23 +267,28 @@ def merge_dogerm(rm: str, lm: str, out: Path, *, cfg: MergeConfig) -> dict:
     chat_format = inherited_chat_format(rm_dir)
     counts: Counter = Counter()
     max_bytes = int(cfg.shard_size_mb * 1024 * 1024)
+    progress = Progress(
+        "merge_dogerm",
+        len(rm_ck.files),
+        unit="tensors",
+        logger=logger,
+        every_s=progress_every,
+    )
     with atomic_dir(out) as tmp:
         writer = ShardWriter(tmp, max_bytes)
         vocab_size = _merge_tensors(
-            rm_ck, lm_ck, writer, counts, (shared_ids, lm_only_ids), alpha, beta
+            rm_ck,
+            lm_ck,
+            writer,
+            counts,
+            (shared_ids, lm_only_ids),
+            alpha,
+            beta,
+            progress=progress,
         )
+        progress.finish()
         vocab_size = max(vocab_size, int(rm_config.get("vocab_size", rm_vocab_len)))
         n_shards = writer.finish()
-
-        config = dict(rm_config)
-        config["vocab_size"] = vocab_size
-        (tmp / "config.json").write_text(
-            json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-        )
-        for extra in ("generation_config.json",):
-            if (rm_dir / extra).exists():
-                shutil.copy2(rm_dir / extra, tmp / extra)
-        rm_tok.save_pretrained(str(tmp))
         summary = {
             "method": "dogerm_linear",
             **asdict(cfg),
@@ -279,17 +305,43 @@ def merge_dogerm(rm: str, lm: str, out: Path, *, cfg: MergeConfig) -> dict:
                 chat_format.record(with_template=False) if chat_format else None
             ),
         }
-        run_config = {
-            "stage": "merge_dogerm",
-            "merge": summary,
-            "chat_format": chat_format.record() if chat_format else None,
-        }
-        for name, obj in (("merge_config.json", summary), (RUN_CONFIG, run_config)):
-            (tmp / name).write_text(
-                json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-            )
+        _write_records(tmp, rm_dir, rm_tok, rm_config, summary, chat_format)
     logger.info("merged %s + %s -> %s: %s", rm, lm, out, summary["tensors"])
     return summary
+
+
+def _write_records(
+    tmp: Path,
+    rm_dir: Path,
+    rm_tok: PreTrainedTokenizerBase,
+    rm_config: dict,
+    summary: dict,
+    chat_format: ChatFormat | None,
+) -> None:
+    """Write the merged folder's config, tokenizer and run records into ``tmp``.
+
+    ``config.json`` is the RM's with the merged ``vocab_size``;
+    ``merge_config.json`` is ``summary``; ``run_config.json`` carries the
+    RM's chat format (scorers of the merge inherit it).
+    """
+    config = dict(rm_config)
+    config["vocab_size"] = summary["vocab_size"]
+    (tmp / "config.json").write_text(
+        json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    for extra in ("generation_config.json",):
+        if (rm_dir / extra).exists():
+            shutil.copy2(rm_dir / extra, tmp / extra)
+    rm_tok.save_pretrained(str(tmp))
+    run_config = {
+        "stage": "merge_dogerm",
+        "merge": summary,
+        "chat_format": chat_format.record() if chat_format else None,
+    }
+    for name, obj in (("merge_config.json", summary), (RUN_CONFIG, run_config)):
+        (tmp / name).write_text(
+            json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
 
 
 def _merge_tensors(
@@ -300,12 +352,14 @@ def _merge_tensors(
     vocab: tuple[list[int], list[int]],
     alpha: float,
     beta: float,
+    progress: Progress | None = None,
 ) -> int:
     """Stream every RM tensor, merged with its LM counterpart, into ``writer``.
 
     Score heads and RM-only tensors are copied, input embeddings merged row by
     row over ``vocab`` (shared ids, LM-only ids), every other shared tensor
-    becomes ``alpha * RM + beta * LM``; ``counts`` tallies each kind.
+    becomes ``alpha * RM + beta * LM``; ``counts`` tallies each kind and
+    ``progress`` counts the RM tensors done.
 
     Returns:
         The number of rows of the merged embedding (0 when none was merged).
@@ -322,11 +376,10 @@ def _merge_tensors(
         if _is_head(stripped, SCORE_HEADS) or "score" in stripped:
             writer.add(name, tensor)
             counts["copied_score"] += 1
+        elif "embed" in stripped and (lm_name is None or tensor.dim() != 2):
+            writer.add(name, tensor)
+            counts["copied_rm_only"] += 1
         elif "embed" in stripped:
-            if lm_name is None or tensor.dim() != 2:
-                writer.add(name, tensor)
-                counts["copied_rm_only"] += 1
-                continue
             merged = _merge_embeddings(tensor, lm_ck.get(lm_name), *vocab, alpha, beta)
             vocab_size = max(vocab_size, merged.shape[0])
             writer.add(name, merged)
@@ -348,6 +401,8 @@ def _merge_tensors(
             writer.add(name, merged.to(tensor.dtype))
             counts["merged"] += 1
         del tensor
+        if progress is not None:
+            progress.update()
     rm_stripped = {rm_ck.strip(n) for n in rm_ck.files}
     counts["dropped_lm_only"] = sum(1 for s in lm_names if s not in rm_stripped)
     return vocab_size
@@ -366,6 +421,8 @@ def _merge_embeddings(
     Rows of shared tokens become ``alpha * RM + beta * LM``; LM-only rows are
     copied from the LM; RM rows beyond its tokenizer (padding rows) are kept.
     """
+    import torch
+
     if rm_emb.shape[1] != lm_emb.shape[1]:
         raise ValueError(
             f"embedding widths differ: RM {rm_emb.shape[1]}, LM {lm_emb.shape[1]}"
@@ -407,6 +464,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--lm", required=True, help="causal LM of the same arch: folder or hub id"
     )
     merge.add_argument("--out", type=Path, required=True, help="output folder")
+    add_progress_arg(merge)
     add_dataclass_args(merge, MergeConfig)
     return parser
 
@@ -418,7 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg = dataclass_from_args(MergeConfig, args)
     log_run_header(logger, cfg, rm=args.rm, lm=args.lm, out=args.out)
-    merge_dogerm(args.rm, args.lm, args.out, cfg=cfg)
+    merge_dogerm(
+        args.rm, args.lm, args.out, cfg=cfg, progress_every=args.progress_every
+    )
     return 0
 
 

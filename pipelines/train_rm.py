@@ -42,7 +42,10 @@ adapters merged, score head included) and holds the tokenizer,
 ``run_config.json`` (with the chat format used, which scoring then inherits)
 and ``metrics.json``. With ``--checkpoint-dir`` the run
 checkpoints every ``--checkpoint-every`` steps and on SIGTERM (exit code 143),
-resumes from a checkpoint found there, and deletes it after success.
+resumes from a checkpoint found there, and deletes it after success. Every
+``--progress-every`` seconds the log gets a progress line (steps done, rate,
+ETA). ``--help`` loads no torch: the model stack is imported when training
+starts.
 """
 
 from __future__ import annotations
@@ -52,28 +55,31 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from accelerate import Accelerator
-from transformers import PreTrainedTokenizerBase
-
-from pipelines.common.chat_format import ChatFormat, setup_chat_format
+from pipelines.common.chat_format import ChatFormat
 from pipelines.common.cli import (
     add_dataclass_args,
     dataclass_from_args,
     field_help,
     handle_user_errors,
 )
-from pipelines.common.logs import library_versions, log_run_header, setup_logging
-from pipelines.common.modeling import (
-    count_parameters,
-    ensure_pad_embeddings,
-    load_reward_model,
-    load_tokenizer,
-    pad_batch,
+from pipelines.common.logs import (
+    PROGRESS_EVERY_S,
+    add_progress_arg,
+    library_versions,
+    log_run_header,
+    setup_logging,
 )
 from pipelines.common.rm_data import OVER_LENGTH, PairData, load_pair_data
+from pipelines.common.rm_training import (
+    FitResult,
+    bt_loss_sum,
+    load_rm_base,
+    pair_batches,
+    pair_lengths,
+    save_reward_model,
+)
 from pipelines.common.seeding import seed_everything
 from pipelines.common.training import (
     Batch,
@@ -87,9 +93,12 @@ from pipelines.common.training import (
     quiet_logging,
     remove_checkpoints,
     run_fingerprint,
-    save_pretrained_atomic,
     train_loop,
 )
+
+if TYPE_CHECKING:
+    import torch
+    from accelerate import Accelerator
 
 logger = logging.getLogger(__name__)
 
@@ -201,77 +210,16 @@ class TrainRMConfig:
         default=200,
     )
 
-
-@dataclass
-class FitResult:
-    """A trained RM in memory (before merging and saving) and its run record."""
-
-    model: torch.nn.Module  # unwrapped; a PeftModel when cfg.lora
-    tokenizer: PreTrainedTokenizerBase
-    metrics: dict[str, object]
-    run_config: dict[str, object]
-    accelerator: Accelerator
-
-
-def bt_loss_sum(
-    model: torch.nn.Module, batch: Batch, *, l2_coef: float = 0.0
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Bradley-Terry loss summed over the pairs of one interleaved batch.
-
-    Rows ``0, 2, 4...`` are chosen, ``1, 3, 5...`` rejected.
-
-    Args:
-        model: a sequence-classification model with one label.
-        batch: ``input_ids`` and ``attention_mask``, ``[2 * pairs, length]``.
-        l2_coef: weight of ``0.5 * (r_c^2 + r_r^2)`` (OpenAssistant RMLoss).
-
-    Returns:
-        The summed loss and summed statistics (``accuracy``: pairs with
-        ``r_c > r_r`` strictly; ``margin``: summed ``r_c - r_r``).
-    """
-    logits = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        use_cache=False,
-    ).logits
-    rewards = logits[:, 0].float()
-    r_c, r_r = rewards[0::2], rewards[1::2]
-    loss = -F.logsigmoid(r_c - r_r)
-    if l2_coef:
-        loss = loss + l2_coef * 0.5 * (r_c.square() + r_r.square())
-    with torch.no_grad():
-        stats = {
-            "accuracy": (r_c > r_r).float().sum(),
-            "margin": (r_c - r_r).sum(),
+    def lora_args(self) -> dict[str, object] | None:
+        """Keyword arguments of ``wrap_lora``; None for full fine-tuning."""
+        if not self.lora:
+            return None
+        return {
+            "r": self.lora_r,
+            "alpha": self.lora_alpha,
+            "dropout": self.lora_dropout,
+            "target_modules": self.lora_target_modules,
         }
-    return loss.sum(), stats
-
-
-def _wrap_lora(model: torch.nn.Module, cfg: TrainRMConfig) -> torch.nn.Module:
-    """Add LoRA adapters; the score head is trained in full (modules_to_save)."""
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    targets: str | list[str] = cfg.lora_target_modules
-    if targets != "all-linear":
-        targets = [t.strip() for t in targets.split(",") if t.strip()]
-    # eth-dl-rewards train_reward_model.py: r 32, alpha 64, dropout 0.01,
-    # all-linear, bias none, SEQ_CLS (ALGORITHMS.md section 6.3). SEQ_CLS makes
-    # PEFT add the classification head ("score"/"classifier") to modules_to_save.
-    lora_cfg = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=targets,
-        bias="none",
-        task_type=TaskType.SEQ_CLS,
-    )
-    peft_model = get_peft_model(model, lora_cfg)
-    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
-    if not any("lora_" not in n for n in trainable):
-        raise ValueError(
-            "LoRA wrapping left the score head frozen; name it in modules_to_save"
-        )
-    return peft_model
 
 
 def fit_reward_model(
@@ -281,6 +229,7 @@ def fit_reward_model(
     seed: int,
     cfg: TrainRMConfig,
     checkpoint_dir: Path | None = None,
+    progress_every: float = PROGRESS_EVERY_S,
 ) -> FitResult:
     """Train an RM in memory (see :func:`train_rm`, which also saves it).
 
@@ -290,6 +239,7 @@ def fit_reward_model(
         seed: seeds the score-head init, dropout and the data order.
         cfg: hyperparameters.
         checkpoint_dir: where to checkpoint and resume from; None for none.
+        progress_every: seconds between two progress lines of the loop.
 
     Returns:
         The trained model (unwrapped; a ``PeftModel`` with LoRA), tokenizer,
@@ -308,7 +258,13 @@ def fit_reward_model(
     # Seed before loading: the new score head (and any resized embedding rows)
     # are drawn from torch's RNG.
     seed_everything(seed)
-    tok, model, fmt = _load_base(base, cfg)
+    tok, model, fmt = load_rm_base(
+        base,
+        trust_remote_code=cfg.trust_remote_code,
+        chat_template=cfg.chat_template,
+        system_prompt=cfg.system_prompt,
+        lora=cfg.lora_args(),
+    )
     data = load_pair_data(
         pairs,
         tok,
@@ -318,43 +274,28 @@ def fit_reward_model(
         system_prompt=fmt.system_prompt,
     )
     n_pairs = len(data.chosen)
-    pad_id = tok.pad_token_id
-    device = accelerator.device
-
-    def make_batch(indices: list[int]) -> tuple[Batch, int]:
-        seqs: list[list[int]] = []
-        for i in indices:
-            seqs.append(data.chosen[i])
-            seqs.append(data.rejected[i])
-        ids, mask = pad_batch(seqs, pad_id, device)
-        return {"input_ids": ids, "attention_mask": mask}, len(indices)
 
     def loss_fn(m: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict]:
         return bt_loss_sum(m, batch, l2_coef=cfg.l2_coef)
 
     digests = {str(p): file_digest(Path(p)) for p in pairs}
-    science = {k: v for k, v in config_dict(cfg).items() if k not in OPERATIONAL_FIELDS}
-    fingerprint = run_fingerprint(
-        stage="train_rm",
-        config=science,
-        chat_format=fmt.record(with_template=False),
-        seed=seed,
-        base=str(base),
-        data=digests,
-        processes=accelerator.num_processes,
+    fingerprint = _fingerprint(
+        cfg, fmt, seed=seed, base=base, digests=digests, accelerator=accelerator
     )
     trained, result = train_loop(
         accelerator=accelerator,
         model=model,
         n_examples=n_pairs,
-        make_batch=make_batch,
+        make_batch=pair_batches(data, tok.pad_token_id, accelerator.device),
         loss_fn=loss_fn,
         cfg=cfg,
         seed=seed,
         checkpoint_dir=checkpoint_dir,
         fingerprint=fingerprint,
         unit_name="pairs",
-        lengths=_pair_lengths(data) if cfg.group_by_length else None,
+        lengths=pair_lengths(data) if cfg.group_by_length else None,
+        name="train_rm",
+        progress_every=progress_every,
     )
     return FitResult(
         model=trained,
@@ -372,6 +313,28 @@ def fit_reward_model(
             fingerprint=fingerprint,
         ),
         accelerator=accelerator,
+    )
+
+
+def _fingerprint(
+    cfg: TrainRMConfig,
+    fmt: ChatFormat,
+    *,
+    seed: int,
+    base: str,
+    digests: dict[str, str],
+    accelerator: Accelerator,
+) -> str:
+    """What a checkpoint must match to be resumed (operational fields aside)."""
+    science = {k: v for k, v in config_dict(cfg).items() if k not in OPERATIONAL_FIELDS}
+    return run_fingerprint(
+        stage="train_rm",
+        config=science,
+        chat_format=fmt.record(with_template=False),
+        seed=seed,
+        base=str(base),
+        data=digests,
+        processes=accelerator.num_processes,
     )
 
 
@@ -411,37 +374,6 @@ def _run_config(
     }
 
 
-def _pair_lengths(data: PairData) -> list[int]:
-    """Length of each pair's longer side (what length-grouped batches sort by)."""
-    return [
-        max(len(c), len(r)) for c, r in zip(data.chosen, data.rejected, strict=True)
-    ]
-
-
-def _load_base(
-    base: str, cfg: TrainRMConfig
-) -> tuple[PreTrainedTokenizerBase, torch.nn.Module, ChatFormat]:
-    """Tokenizer (with the resolved chat format), RM (LoRA-wrapped if asked)."""
-    tok = load_tokenizer(base, trust_remote_code=cfg.trust_remote_code)
-    fmt = setup_chat_format(
-        tok, base, chat_template=cfg.chat_template, system_prompt=cfg.system_prompt
-    )
-    model = load_reward_model(base, trust_remote_code=cfg.trust_remote_code)
-    ensure_pad_embeddings(model, tok)
-    if tok.pad_token_id == tok.eos_token_id:  # load_tokenizer prevents this
-        raise ValueError("the RM pad token must differ from EOS")
-    if cfg.lora:
-        model = _wrap_lora(model, cfg)
-    logger.info(
-        "model %s: %d parameters, %d trainable (%s)",
-        base,
-        count_parameters(model),
-        count_parameters(model, trainable_only=True),
-        "LoRA + head" if cfg.lora else "full",
-    )
-    return tok, model, fmt
-
-
 def _metrics(
     result: LoopResult, data: PairData, n_pairs: int, cfg: TrainRMConfig
 ) -> dict[str, object]:
@@ -462,30 +394,6 @@ def _metrics(
     }
 
 
-def save_reward_model(fit: FitResult, out: Path, *, keep_adapter: bool = False) -> None:
-    """Merge LoRA adapters (if any) and save model, tokenizer and records.
-
-    Args:
-        fit: the result of :func:`fit_reward_model`.
-        out: the output folder (replaced atomically).
-        keep_adapter: also save the unmerged PEFT adapter under ``out/adapter``.
-    """
-    from peft import PeftModel
-
-    model = fit.model
-    adapter = None
-    if isinstance(model, PeftModel):
-        adapter = model
-        model = model.merge_and_unload()
-    model.config.pad_token_id = fit.tokenizer.pad_token_id
-    files = {"run_config.json": fit.run_config, "metrics.json": fit.metrics}
-    save_pretrained_atomic(out, model, fit.tokenizer, files)
-    if keep_adapter and adapter is not None:
-        # merge_and_unload leaves the PeftModel's saved state usable: write it
-        # beside the merged weights (PEFT format: adapter_config + safetensors)
-        adapter.save_pretrained(Path(out) / "adapter")
-
-
 def train_rm(
     pairs: Sequence[Path],
     base: str,
@@ -494,6 +402,7 @@ def train_rm(
     seed: int,
     cfg: TrainRMConfig,
     checkpoint_dir: Path | None = None,
+    progress_every: float = PROGRESS_EVERY_S,
 ) -> dict[str, float]:
     """Fit a Bradley-Terry RM on ``pairs``, save it to ``out``, return metrics.
 
@@ -505,6 +414,7 @@ def train_rm(
         cfg: hyperparameters.
         checkpoint_dir: checkpoint/resume folder, outside ``out``; deleted after
             success. None disables checkpoints.
+        progress_every: seconds between two progress lines of the loop.
 
     Returns:
         Scalar metrics: ``n_pairs`` (trained on), ``n_truncated``,
@@ -516,7 +426,12 @@ def train_rm(
     """
     check_checkpoint_dir(out, checkpoint_dir)
     fit = fit_reward_model(
-        pairs, base, seed=seed, cfg=cfg, checkpoint_dir=checkpoint_dir
+        pairs,
+        base,
+        seed=seed,
+        cfg=cfg,
+        checkpoint_dir=checkpoint_dir,
+        progress_every=progress_every,
     )
     if fit.accelerator.is_main_process:
         save_reward_model(fit, out, keep_adapter=cfg.keep_adapter)
@@ -550,6 +465,7 @@ def make_parser() -> argparse.ArgumentParser:
         default=None,
         help="checkpoint/resume folder outside --out (deleted after success)",
     )
+    add_progress_arg(parser)
     add_dataclass_args(parser, TrainRMConfig)
     return parser
 
@@ -579,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             cfg=cfg,
             checkpoint_dir=args.checkpoint_dir,
+            progress_every=args.progress_every,
         )
     except Interrupted as err:
         logger.warning("%s", err)

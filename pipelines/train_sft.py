@@ -23,7 +23,10 @@ markers and padding get label -100. The chat template and system prompt are
 is a prompt turn, never trained. The output folder holds the model and
 tokenizer (``save_pretrained``, safetensors; the tokenizer carries the
 template used), ``run_config.json`` (with the chat format, which RM training
-and generation inherit) and ``metrics.json`` (loss curve).
+and generation inherit) and ``metrics.json`` (loss curve). Every
+``--progress-every`` seconds the log gets a progress line (steps done, rate,
+ETA). ``--help`` loads no torch: the model stack is imported when training
+starts.
 """
 
 from __future__ import annotations
@@ -33,10 +36,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-import torch.nn.functional as F
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from pipelines.common.chat_format import ChatFormat, setup_chat_format
 from pipelines.common.cli import (
@@ -46,7 +46,13 @@ from pipelines.common.cli import (
     handle_user_errors,
 )
 from pipelines.common.io import read_jsonl
-from pipelines.common.logs import library_versions, log_run_header, setup_logging
+from pipelines.common.logs import (
+    PROGRESS_EVERY_S,
+    add_progress_arg,
+    library_versions,
+    log_run_header,
+    setup_logging,
+)
 from pipelines.common.modeling import (
     TinyArch,
     count_parameters,
@@ -54,13 +60,13 @@ from pipelines.common.modeling import (
     init_tiny_causal_lm,
     load_causal_lm,
     load_tokenizer,
-    pad_batch,
 )
 from pipelines.common.seeding import seed_everything
 from pipelines.common.sft_data import (
     IGNORE,
     SFTExample,
     build_sft_examples,
+    sft_batches,
     truncate_examples,
 )
 from pipelines.common.training import (
@@ -77,6 +83,11 @@ from pipelines.common.training import (
     save_pretrained_atomic,
     train_loop,
 )
+
+if TYPE_CHECKING:
+    import torch
+    from accelerate import Accelerator
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +203,8 @@ def lm_loss_sum(
     Returns:
         The summed loss and ``{"tokens": number of labelled targets}``.
     """
+    import torch.nn.functional as F
+
     logits = model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
@@ -217,6 +230,7 @@ def train_sft(
     seed: int,
     cfg: TrainSFTConfig,
     checkpoint_dir: Path | None = None,
+    progress_every: float = PROGRESS_EVERY_S,
 ) -> dict[str, float]:
     """Fine-tune (or train from a seeded init) a causal LM on SFT records.
 
@@ -231,6 +245,7 @@ def train_sft(
         cfg: hyperparameters.
         checkpoint_dir: checkpoint/resume folder outside ``out``; deleted after
             success. None disables checkpoints.
+        progress_every: seconds between two progress lines of the loop.
 
     Returns:
         ``final_loss``, ``first_loss`` (first logged), ``n_examples``,
@@ -251,33 +266,14 @@ def train_sft(
     seed_everything(seed)
     tok, model, fmt = _load_start(base, tokenizer, seed=seed, cfg=cfg)
     examples, counts = _prepare_examples(data, tok, cfg, fmt.system_prompt)
-    pad_id = tok.pad_token_id
-    device = accelerator.device
-
-    def make_batch(indices: list[int]) -> tuple[Batch, int]:
-        chosen = [examples[i] for i in indices]
-        ids, mask = pad_batch([ex.ids for ex in chosen], pad_id, device)
-        labels, _ = pad_batch([ex.labels for ex in chosen], IGNORE, device)
-        units = int((labels[:, 1:] != IGNORE).sum())
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}, units
-
     digests = {str(p): file_digest(Path(p)) for p in data}
-    science = {k: v for k, v in config_dict(cfg).items() if k not in OPERATIONAL_FIELDS}
-    fingerprint = run_fingerprint(
-        stage="train_sft",
-        config=science,
-        chat_format=fmt.record(with_template=False),
-        seed=seed,
-        base=base,
-        tokenizer=tokenizer,
-        data=digests,
-        processes=accelerator.num_processes,
-    )
+    run = {"seed": seed, "base": base, "tokenizer": tokenizer, "data": data}
+    fingerprint = _fingerprint(cfg, fmt, run, digests, accelerator)
     trained, result = train_loop(
         accelerator=accelerator,
         model=model,
         n_examples=len(examples),
-        make_batch=make_batch,
+        make_batch=sft_batches(examples, tok.pad_token_id, accelerator.device),
         loss_fn=lm_loss_sum,
         cfg=cfg,
         seed=seed,
@@ -285,6 +281,8 @@ def train_sft(
         fingerprint=fingerprint,
         unit_name="examples",
         lengths=[len(ex.ids) for ex in examples] if cfg.group_by_length else None,
+        name="train_sft",
+        progress_every=progress_every,
     )
     metrics = {
         "n_examples": len(examples),
@@ -292,19 +290,7 @@ def train_sft(
         "first_loss": result.history[0]["loss"] if result.history else float("nan"),
         **loop_metrics(result, "examples"),
     }
-    run_config = {
-        "stage": "train_sft",
-        "config": config_dict(cfg),
-        "seed": seed,
-        "base": base,
-        "tokenizer": tokenizer if tokenizer is not None else base,
-        "data": [{"path": str(p), "sha256": digests[str(p)]} for p in data],
-        "chat_format": fmt.record(),
-        "num_processes": accelerator.num_processes,
-        "device": str(device),
-        "fingerprint": fingerprint,
-        "versions": library_versions(),
-    }
+    run_config = _run_config(cfg, fmt, run, digests, accelerator, fingerprint)
     if accelerator.is_main_process:
         files = {"run_config.json": run_config, "metrics.json": metrics}
         save_pretrained_atomic(out, trained, tok, files)
@@ -319,6 +305,56 @@ def train_sft(
         "examples_per_second",
     )
     return {k: float(metrics[k]) for k in keys}  # type: ignore[arg-type]
+
+
+def _fingerprint(
+    cfg: TrainSFTConfig,
+    fmt: ChatFormat,
+    run: dict,
+    digests: dict[str, str],
+    accelerator: Accelerator,
+) -> str:
+    """What a checkpoint must match to be resumed (operational fields aside).
+
+    ``run`` holds the run's ``seed``, ``base``, ``tokenizer`` and ``data``
+    files; ``digests`` maps each file to its SHA-256.
+    """
+    science = {k: v for k, v in config_dict(cfg).items() if k not in OPERATIONAL_FIELDS}
+    return run_fingerprint(
+        stage="train_sft",
+        config=science,
+        chat_format=fmt.record(with_template=False),
+        seed=run["seed"],
+        base=run["base"],
+        tokenizer=run["tokenizer"],
+        data=digests,
+        processes=accelerator.num_processes,
+    )
+
+
+def _run_config(
+    cfg: TrainSFTConfig,
+    fmt: ChatFormat,
+    run: dict,
+    digests: dict[str, str],
+    accelerator: Accelerator,
+    fingerprint: str,
+) -> dict[str, object]:
+    """The run record saved as ``run_config.json`` (``run`` as in _fingerprint)."""
+    base, tokenizer = run["base"], run["tokenizer"]
+    return {
+        "stage": "train_sft",
+        "config": config_dict(cfg),
+        "seed": run["seed"],
+        "base": base,
+        "tokenizer": tokenizer if tokenizer is not None else base,
+        "data": [{"path": str(p), "sha256": digests[str(p)]} for p in run["data"]],
+        "chat_format": fmt.record(),
+        "num_processes": accelerator.num_processes,
+        "device": str(accelerator.device),
+        "fingerprint": fingerprint,
+        "versions": library_versions(),
+    }
 
 
 def _load_start(
@@ -420,6 +456,7 @@ def make_parser() -> argparse.ArgumentParser:
         default=None,
         help="checkpoint/resume folder outside --out (deleted after success)",
     )
+    add_progress_arg(parser)
     add_dataclass_args(parser, TrainSFTConfig)
     return parser
 
@@ -451,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             cfg=cfg,
             checkpoint_dir=args.checkpoint_dir,
+            progress_every=args.progress_every,
         )
     except Interrupted as err:
         logger.warning("%s", err)

@@ -32,6 +32,9 @@ LIBRARIES = (
     "numpy",
 )
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# seconds between two progress lines of a long job (pipelines.common.progress):
+# often enough for ``tail -f``, rare enough that a day-long job logs ~3000 lines
+PROGRESS_EVERY_S = 30.0
 
 # ``extra={ROUTE: ...}`` on a record limits where it goes:
 ROUTE = "rmflow_route"
@@ -84,6 +87,18 @@ def add_logging_args(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help="also append the log, with the traceback of any error, to this file",
+    )
+
+
+def add_progress_arg(parser: argparse.ArgumentParser) -> None:
+    """Add ``--progress-every SECONDS``: the cadence of a long loop's progress line."""
+    parser.add_argument(
+        "--progress-every",
+        type=float,
+        default=PROGRESS_EVERY_S,
+        metavar="SECONDS",
+        help="log a progress line (done, rate, ETA) every this many seconds"
+        f" (default: {PROGRESS_EVERY_S:g})",
     )
 
 

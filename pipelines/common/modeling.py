@@ -1,58 +1,78 @@
 """Models and tokenizers: the tiny offline defaults, hub/local loading, scoring.
 
-The tokenisation contract (DESIGN.md principle 4) lives here:
+The model side of the tokenisation contract (DESIGN.md principle 4) lives here:
 
 - an explicit pad token, never equal to EOS for reward models (a ``<|pad|>``
   token is added and the embeddings resized when a tokenizer lacks one, as
   RLHFlow does for Llama-3 and Mistral, ALGORITHMS.md section 2);
 - right padding; the score is read at the last non-pad token (the Hugging Face
-  sequence-classification pooling, which takes the rightmost non-pad position);
-- a declared truncation side, with over-length sequences counted and logged;
-  truncation cuts only the content, as Hugging Face tokenizers do, so the
-  special tokens the tokenizer adds (Llama's and Gemma's BOS, an appended EOS)
-  survive (:func:`truncate_ids`).
+  sequence-classification pooling, which takes the rightmost non-pad position).
 
-Chat templates and system prompts are resolved in
-:mod:`pipelines.common.chat_format`.
+The text side (chat text, truncation that keeps the tokenizer's special
+tokens, encoding conversations) is :mod:`pipelines.common.tokenization`, whose
+names stay importable from here; chat templates and system prompts are
+resolved in :mod:`pipelines.common.chat_format`.
 
 Hub ids and local paths go through the same ``from_pretrained`` calls, so the
 tiny offline models and a cluster's hub models share every code path.
 ``trust_remote_code`` is off unless asked for.
+
+Importing this module loads neither torch nor transformers (DESIGN.md
+principle 8: ``--help`` and torch-free stages stay cheap); each function
+imports what it needs when called.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    GPTNeoXConfig,
-    GPTNeoXForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
-)
 
-from pipelines.common.chat_format import CHAT_TEMPLATE, with_system_prompt
+from pipelines.common.chat_format import CHAT_TEMPLATE
+from pipelines.common.progress import Progress
+
+# the text side of the contract; importable from here as before
+from pipelines.common.tokenization import NO_FRAME as NO_FRAME
+from pipelines.common.tokenization import Encoded as Encoded
+from pipelines.common.tokenization import SpecialFrame as SpecialFrame
+from pipelines.common.tokenization import chat_text as chat_text
+from pipelines.common.tokenization import encode_conversations as encode_conversations
+from pipelines.common.tokenization import prompt_text as prompt_text
+from pipelines.common.tokenization import special_frame as special_frame
+from pipelines.common.tokenization import truncate_ids as truncate_ids
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import (
+        GPTNeoXForCausalLM,
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
+        PreTrainedTokenizerFast,
+    )
 
 logger = logging.getLogger(__name__)
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
-DTYPES = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
+DTYPES = ("float32", "bfloat16", "float16")  # weight dtypes a model loads in
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype named ``name`` (one of :data:`DTYPES`).
+
+    Raises:
+        ValueError: on a name outside :data:`DTYPES`.
+    """
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {name!r}")
+    import torch
+
+    return getattr(torch, name)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +89,8 @@ class TinyArch:
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; anything else as given."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -90,6 +112,9 @@ def train_tokenizer(
         ``<|pad|>``, right padding and the chat template.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    # this class loads no torch (AutoTokenizer does): train_tokenizer stays torch-free
+    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -125,6 +150,8 @@ def load_tokenizer(
     ``<|pad|>`` special token (callers resize the model embeddings with
     :func:`ensure_pad_embeddings`). Padding is set to the right.
     """
+    from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(
         str(name_or_path), trust_remote_code=trust_remote_code
     )
@@ -162,6 +189,9 @@ def init_tiny_causal_lm(
     Returns:
         The model in float32.
     """
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
     config = GPTNeoXConfig(
         vocab_size=len(tok),
         hidden_size=arch.hidden_size,
@@ -192,8 +222,12 @@ def load_causal_lm(
     trust_remote_code: bool = False,
 ) -> PreTrainedModel:
     """Load a causal LM from a hub id or a local folder."""
+    from transformers import AutoModelForCausalLM
+
     return AutoModelForCausalLM.from_pretrained(
-        str(name_or_path), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
+        str(name_or_path),
+        dtype=torch_dtype(dtype),
+        trust_remote_code=trust_remote_code,
     )
 
 
@@ -208,44 +242,14 @@ def load_reward_model(
     Loading a causal LM folder creates a new score head; seed torch before the
     call to make its init reproducible.
     """
+    from transformers import AutoModelForSequenceClassification
+
     return AutoModelForSequenceClassification.from_pretrained(
         str(name_or_path),
         num_labels=1,
-        dtype=DTYPES[dtype],
+        dtype=torch_dtype(dtype),
         trust_remote_code=trust_remote_code,
     )
-
-
-def chat_text(
-    tok: PreTrainedTokenizerBase, messages: Sequence[Mapping[str, str]]
-) -> str:
-    """The conversation as text through the chat template, BOS string removed.
-
-    The tokenizer adds BOS itself when it is configured to, so a template that
-    writes it too would double it (RLHFlow strips it the same way, spec 2).
-    """
-    text = tok.apply_chat_template(list(messages), tokenize=False)
-    bos = tok.bos_token
-    if bos and bos != tok.eos_token and text.startswith(bos):
-        text = text[len(bos) :]
-    return text
-
-
-def prompt_text(
-    tok: PreTrainedTokenizerBase, messages: Sequence[Mapping[str, str]]
-) -> str:
-    """The template text up to where the assistant reply starts (BOS removed).
-
-    :func:`chat_text` with the generation prompt: a prefix of the full
-    conversation's text, used for SFT label masks and for sampling.
-    """
-    text = tok.apply_chat_template(
-        list(messages), tokenize=False, add_generation_prompt=True
-    )
-    bos = tok.bos_token
-    if bos and bos != tok.eos_token and text.startswith(bos):
-        text = text[len(bos) :]
-    return text
 
 
 def warn_if_untrained_head(model: PreTrainedModel, name: str) -> bool:
@@ -266,158 +270,12 @@ def warn_if_untrained_head(model: PreTrainedModel, name: str) -> bool:
     return not trained
 
 
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class SpecialFrame:
-    """The special tokens a tokenizer adds around one sequence (BOS ... EOS).
-
-    Empty for the tiny tokenizer; ``prefix=(bos,)`` for Llama and Gemma.
-    """
-
-    prefix: tuple[int, ...] = ()
-    suffix: tuple[int, ...] = ()
-
-    @property
-    def size(self) -> int:
-        """Number of added special tokens."""
-        return len(self.prefix) + len(self.suffix)
-
-
-NO_FRAME = SpecialFrame()  # a tokenizer that adds no special tokens (tiny)
-_PROBE = "rmflow truncation probe"
-
-
-def special_frame(tok: PreTrainedTokenizerBase) -> SpecialFrame:
-    """What ``tok(text, add_special_tokens=True)`` adds around the text's tokens.
-
-    Found by tokenising a probe text with and without special tokens, which
-    covers a TemplateProcessing post-processor (fast tokenizers) and
-    ``build_inputs_with_special_tokens`` (Python tokenizers) alike.
-
-    Raises:
-        ValueError: the added tokens do not surround the text's tokens.
-    """
-    n = tok.num_special_tokens_to_add(pair=False)
-    if n == 0:
-        return NO_FRAME
-    bare = list(tok(_PROBE, add_special_tokens=False)["input_ids"])
-    full = list(tok(_PROBE, add_special_tokens=True)["input_ids"])
-    if len(full) == len(bare) + n:
-        for start in range(n + 1):
-            if full[start : start + len(bare)] == bare:
-                end = start + len(bare)
-                return SpecialFrame(
-                    prefix=tuple(full[:start]), suffix=tuple(full[end:])
-                )
-    raise ValueError(
-        f"cannot locate the {n} special token(s) the tokenizer adds: {full} vs {bare}"
-    )
-
-
-def truncate_ids(
-    ids: Sequence[T],
-    *,
-    max_length: int,
-    side: str,
-    frame: SpecialFrame = NO_FRAME,
-) -> list[T]:
-    """Cut a sequence to ``max_length`` the way Hugging Face tokenizers truncate.
-
-    The tokenizer's special prefix and suffix (``frame``) are kept and only the
-    content between them is cut on ``side``: ``tok(text, truncation=True,
-    max_length=n)`` with ``tok.truncation_side = side`` gives the same ids. Any
-    per-token list aligned with the ids (e.g. SFT labels) can be cut alike.
-
-    Args:
-        ids: a tokenised sequence, special tokens included.
-        max_length: the most tokens kept.
-        side: ``"left"`` keeps the end of the content (the reply); ``"right"``
-            keeps its start.
-        frame: the tokenizer's special tokens (:func:`special_frame`).
-
-    Returns:
-        The sequence itself when it fits, else the cut copy.
-
-    Raises:
-        ValueError: an unknown side, or ``max_length`` leaves no room for any
-            content once the special tokens are kept.
-    """
-    if side not in ("left", "right"):
-        raise ValueError(f"truncation_side must be left or right, got {side!r}")
-    if len(ids) <= max_length:
-        return list(ids)
-    room = max_length - frame.size
-    if room < 1:
-        raise ValueError(
-            f"max_length {max_length} leaves no room for content beside the"
-            f" tokenizer's {frame.size} special token(s)"
-        )
-    head, tail = len(frame.prefix), len(ids) - len(frame.suffix)
-    content = ids[head:tail]
-    kept = content[len(content) - room :] if side == "left" else content[:room]
-    return [*ids[:head], *kept, *ids[tail:]]
-
-
-@dataclass
-class Encoded:
-    """Token ids of many sequences and which were cut to fit."""
-
-    ids: list[list[int]]
-    cut: list[bool] = field(default_factory=list)  # per sequence
-
-    @property
-    def truncated(self) -> int:
-        """How many sequences were cut."""
-        return sum(self.cut)
-
-
-def encode_conversations(
-    tok: PreTrainedTokenizerBase,
-    conversations: Sequence[Sequence[Mapping[str, str]]],
-    *,
-    max_length: int,
-    truncation_side: str = "left",
-    system_prompt: str | None = None,
-) -> Encoded:
-    """Tokenise conversations, truncating over-long ones on the declared side.
-
-    Args:
-        tok: the tokenizer, with the chat template to use.
-        conversations: message lists.
-        max_length: maximum tokens per sequence.
-        truncation_side: ``"left"`` keeps the end (the reply), as RewardBench
-            and RLHFlow do; ``"right"`` keeps the start. Either way the
-            tokenizer's special tokens are kept (:func:`truncate_ids`).
-        system_prompt: prepended as a system turn to conversations without one.
-
-    Returns:
-        The ids and which sequences were truncated (never silently dropped).
-    """
-    if truncation_side not in ("left", "right"):
-        raise ValueError(
-            f"truncation_side must be left or right, got {truncation_side!r}"
-        )
-    texts = [
-        chat_text(tok, with_system_prompt(conv, system_prompt))
-        for conv in conversations
-    ]
-    batch = tok(texts, add_special_tokens=True, truncation=False)["input_ids"]
-    frame = special_frame(tok)
-    out = Encoded(ids=[])
-    for ids in batch:
-        out.cut.append(len(ids) > max_length)
-        out.ids.append(
-            truncate_ids(ids, max_length=max_length, side=truncation_side, frame=frame)
-        )
-    return out
-
-
 def pad_batch(
     seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad id lists into ``(input_ids, attention_mask)`` tensors."""
+    import torch
+
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -429,7 +287,6 @@ def pad_batch(
     return ids, mask
 
 
-@torch.no_grad()
 def score_ids(
     model: PreTrainedModel,
     seqs: Sequence[Sequence[int]],
@@ -438,6 +295,7 @@ def score_ids(
     batch_size: int = 16,
     sort_by_length: bool = True,
     device: torch.device | None = None,
+    progress: Progress | None = None,
 ) -> np.ndarray:
     """Reward of each sequence, in input order.
 
@@ -451,6 +309,8 @@ def score_ids(
         batch_size: sequences per forward pass.
         sort_by_length: length-sorted batching (else input order).
         device: where to run; defaults to the model's device.
+        progress: counts the sequences scored (one update per batch); its
+            final line is the caller's.
 
     Returns:
         float64 scores, shape ``[len(seqs)]``.
@@ -462,17 +322,22 @@ def score_ids(
             f"pad_id {pad_id} differs from the model's config.pad_token_id"
             f" {model.config.pad_token_id}; call ensure_pad_embeddings(model, tok)"
         )
+    import torch
+
     model.eval()
     device = device or next(model.parameters()).device
     order = list(range(len(seqs)))
     if sort_by_length:
         order.sort(key=lambda i: -len(seqs[i]))
     scores = np.empty(len(seqs), dtype=np.float64)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        ids, mask = pad_batch([seqs[i] for i in idx], pad_id, device)
-        logits = model(input_ids=ids, attention_mask=mask).logits
-        scores[idx] = logits[:, 0].float().cpu().numpy()
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            ids, mask = pad_batch([seqs[i] for i in idx], pad_id, device)
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            scores[idx] = logits[:, 0].float().cpu().numpy()
+            if progress is not None:
+                progress.update(len(idx))
     return scores
 
 

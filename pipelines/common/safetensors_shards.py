@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+
+if TYPE_CHECKING:
+    import torch
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -84,6 +86,8 @@ class ShardWriter:
         """Write the pending tensors as one shard (a temporary name)."""
         if not self.pending:
             return
+        from safetensors.torch import save_file
+
         fname = f"shard-{len(self.shards):05d}.safetensors"
         save_file(self.pending, str(self.folder / fname), metadata={"format": "pt"})
         self.shards.append((fname, list(self.pending)))

@@ -1,4 +1,4 @@
-"""Sampling replies from a causal LM: prompt encoding, left padding, batched generate.
+"""Sampling replies from a causal LM: loading, prompt encoding, batched generate.
 
 Prompts go through the chat template with the generation prompt, as SFT saw
 them; a prompt too long for the context keeps its end and the tokenizer's
@@ -7,13 +7,123 @@ special tokens (BOS), as Hugging Face left truncation does.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
-import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from pipelines.common.chat_format import (
+    ChatFormat,
+    setup_chat_format,
+    with_system_prompt,
+)
+from pipelines.common.logs import PROGRESS_EVERY_S
+from pipelines.common.modeling import (
+    ensure_pad_embeddings,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_device,
+)
+from pipelines.common.progress import Progress
+from pipelines.common.tokenization import prompt_text, special_frame, truncate_ids
 
-from pipelines.common.chat_format import with_system_prompt
-from pipelines.common.modeling import prompt_text, special_frame, truncate_ids
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+
+class SamplingConfig(Protocol):
+    """The settings :func:`sample_policy` reads (the stage configs have them)."""
+
+    @property
+    def big_n(self) -> int: ...  # noqa: D102
+    @property
+    def temperature(self) -> float: ...  # noqa: D102
+    @property
+    def top_p(self) -> float: ...  # noqa: D102
+    @property
+    def max_new_tokens(self) -> int: ...  # noqa: D102
+    @property
+    def batch_size(self) -> int: ...  # noqa: D102
+    @property
+    def device(self) -> str: ...  # noqa: D102
+    @property
+    def dtype(self) -> str: ...  # noqa: D102
+    @property
+    def trust_remote_code(self) -> bool: ...  # noqa: D102
+    @property
+    def chat_template(self) -> str | None: ...  # noqa: D102
+    @property
+    def system_prompt(self) -> str | None: ...  # noqa: D102
+
+
+@dataclass
+class Policy:
+    """A causal LM ready to sample from, with its tokenizer and chat format."""
+
+    tok: PreTrainedTokenizerBase
+    model: PreTrainedModel  # on ``device``, in eval mode
+    fmt: ChatFormat
+    device: torch.device
+    new_pad_row: bool  # the pad token got a new (untrained) embedding row
+
+
+def load_policy(
+    policy: str,
+    *,
+    device: str,
+    dtype: str,
+    trust_remote_code: bool,
+    chat_template: str | None,
+    system_prompt: str | None,
+) -> Policy:
+    """Load a causal LM and its tokenizer (distinct pad id) for sampling.
+
+    Args:
+        policy: a causal LM folder or hub id.
+        device: ``auto``, ``cpu``, ``cuda:0``...
+        dtype: weight dtype (:data:`pipelines.common.modeling.DTYPES`).
+        trust_remote_code: allow model code from the hub.
+        chat_template: see :func:`pipelines.common.chat_format.setup_chat_format`.
+        system_prompt: likewise.
+
+    Returns:
+        The policy on its device, in eval mode.
+    """
+    target = resolve_device(device)
+    tok = load_tokenizer(policy, trust_remote_code=trust_remote_code)
+    fmt = setup_chat_format(
+        tok, policy, chat_template=chat_template, system_prompt=system_prompt
+    )
+    model = load_causal_lm(policy, dtype=dtype, trust_remote_code=trust_remote_code)
+    rows_before = model.get_input_embeddings().weight.shape[0]
+    ensure_pad_embeddings(model, tok)
+    new_pad_row = model.get_input_embeddings().weight.shape[0] != rows_before
+    model.to(target)
+    model.eval()
+    return Policy(tok=tok, model=model, fmt=fmt, device=target, new_pad_row=new_pad_row)
+
+
+def prompt_room(model: PreTrainedModel, max_new_tokens: int) -> int | None:
+    """Longest prompt that leaves ``max_new_tokens`` in the model's positions.
+
+    Returns:
+        The number of tokens, or None when the model declares no limit.
+
+    Raises:
+        ValueError: ``max_new_tokens`` leaves no room for any prompt.
+    """
+    positions = getattr(model.config, "max_position_embeddings", None)
+    room = positions - max_new_tokens if positions else None
+    if room is not None and room < 1:
+        raise ValueError(
+            f"max_new_tokens {max_new_tokens} leaves no room for a prompt in"
+            f" the policy's {positions} positions"
+        )
+    return room
 
 
 def stop_token_ids(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> list[int]:
@@ -67,6 +177,8 @@ def left_pad(
     seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad id lists into ``(input_ids, attention_mask)`` for generation."""
+    import torch
+
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -77,7 +189,6 @@ def left_pad(
     return ids.to(device), mask.to(device)
 
 
-@torch.no_grad()
 def sample_texts(
     model: PreTrainedModel,
     tok: PreTrainedTokenizerBase,
@@ -87,6 +198,7 @@ def sample_texts(
     batch_size: int,
     generate_kwargs: dict,
     device: torch.device,
+    progress: Progress | None = None,
 ) -> tuple[list[list[str]], int]:
     """Draw ``n`` replies per prompt, ``batch_size`` sequences per generate call.
 
@@ -103,11 +215,15 @@ def sample_texts(
         batch_size: sequences per call.
         generate_kwargs: sampling settings for ``model.generate``.
         device: where the inputs go.
+        progress: counts the sequences drawn (one update per call); its final
+            line is the caller's.
 
     Returns:
         ``(texts, new_tokens)``: ``texts[p][k]`` is reply ``k`` of prompt ``p``;
         ``new_tokens`` counts sampled tokens (a stop token included).
     """
+    import torch
+
     stops = stop_token_ids(model, tok)
     jobs = [p for p in range(len(prompt_ids)) for _ in range(n)]
     texts: list[list[str]] = [[] for _ in prompt_ids]
@@ -115,13 +231,14 @@ def sample_texts(
     for start in range(0, len(jobs), batch_size):
         rows = jobs[start : start + batch_size]
         ids, mask = left_pad([prompt_ids[p] for p in rows], tok.pad_token_id, device)
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=stops,
-            **generate_kwargs,
-        )
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=stops,
+                **generate_kwargs,
+            )
         replies = out[:, ids.shape[1] :].cpu()
         is_stop = torch.isin(replies, torch.as_tensor(stops))
         kept = []
@@ -132,4 +249,120 @@ def sample_texts(
         decoded = tok.batch_decode(kept, skip_special_tokens=True)
         for p, text in zip(rows, decoded, strict=True):
             texts[p].append(text)
+        if progress is not None:
+            progress.update(len(rows))
     return texts, new_tokens
+
+
+@dataclass
+class Sampled:
+    """Decoded samples per prompt and the work it took."""
+
+    texts: list[list[str]]  # [prompt][sample]
+    new_tokens: int  # sampled tokens, up to and including the first stop token
+    seconds: float
+    truncated_prompts: int
+    chat_format: ChatFormat
+
+
+def sample_policy(
+    policy: str,
+    prompts: Sequence[Sequence[dict[str, str]]],
+    *,
+    seed: int,
+    cfg: SamplingConfig,
+    name: str = "sample",
+    progress_every: float = PROGRESS_EVERY_S,
+) -> Sampled:
+    """Load the policy, sample ``cfg.big_n`` replies per prompt and free it.
+
+    A prompt too long for the policy's context keeps its end (and BOS).
+    ``torch.manual_seed(seed)`` precedes sampling, so a seed reproduces the
+    samples on the same machine and settings. A progress line (sequences
+    drawn, rate, ETA) is logged every ``progress_every`` seconds and at the
+    end.
+
+    Args:
+        policy: a causal LM folder or hub id.
+        prompts: message lists (no reply).
+        seed: seeds sampling.
+        cfg: the sampling settings (see :class:`SamplingConfig`).
+        name: the job's name at the start of each progress line.
+        progress_every: seconds between two progress lines.
+
+    Returns:
+        The replies (``texts[p][k]``: reply ``k`` of prompt ``p``) and what
+        sampling took.
+    """
+    import torch
+
+    loaded = load_policy(
+        policy,
+        device=cfg.device,
+        dtype=cfg.dtype,
+        trust_remote_code=cfg.trust_remote_code,
+        chat_template=cfg.chat_template,
+        system_prompt=cfg.system_prompt,
+    )
+    tok, model, device, fmt = loaded.tok, loaded.model, loaded.device, loaded.fmt
+    room = prompt_room(model, cfg.max_new_tokens)
+    prompt_ids, truncated = encode_prompts(
+        tok, prompts, max_length=room, system_prompt=fmt.system_prompt
+    )
+    if truncated:
+        logger.warning(
+            "%d of %d prompts longer than %d tokens were cut on the left",
+            truncated,
+            len(prompts),
+            room,
+        )
+    generate_kwargs = {
+        "do_sample": True,
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "top_k": 0,  # off, as tlc4418 rollouts (HF would apply 50 by default)
+        "max_new_tokens": cfg.max_new_tokens,
+        "num_return_sequences": 1,
+        "use_cache": True,
+    }
+    if loaded.new_pad_row:  # an untrained pad row must not be sampled
+        generate_kwargs["suppress_tokens"] = [tok.pad_token_id]
+    logger.info(
+        "sampling %d x %d replies on %s: %s, %d sequences per call",
+        len(prompts),
+        cfg.big_n,
+        device,
+        generate_kwargs,
+        cfg.batch_size,
+    )
+    progress = Progress(
+        name,
+        len(prompts) * cfg.big_n,
+        unit="sequences",
+        logger=logger,
+        every_s=progress_every,
+    )
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    texts, new_tokens = sample_texts(
+        model,
+        tok,
+        prompt_ids,
+        n=cfg.big_n,
+        batch_size=cfg.batch_size,
+        generate_kwargs=generate_kwargs,
+        device=device,
+        progress=progress,
+    )
+    seconds = time.perf_counter() - start
+    progress.finish()
+    del model, loaded
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return Sampled(
+        texts=texts,
+        new_tokens=new_tokens,
+        seconds=seconds,
+        truncated_prompts=truncated,
+        chat_format=fmt,
+    )

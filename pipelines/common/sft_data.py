@@ -3,24 +3,28 @@
 The prompt (every turn but the last, the generation prompt, any system turn)
 gets label -100; the last assistant reply and the template's closing tokens are
 trained. Truncation keeps the tokenizer's special tokens (BOS, an added EOS)
-and cuts ids and labels alike (:func:`pipelines.common.modeling.truncate_ids`).
+and cuts ids and labels alike (:func:`pipelines.common.tokenization.truncate_ids`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from pipelines.common.chat_format import with_system_prompt
-from pipelines.common.modeling import (
+from pipelines.common.modeling import pad_batch
+from pipelines.common.tokenization import (
     chat_text,
     prompt_text,
     special_frame,
     truncate_ids,
 )
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +128,28 @@ def _labels_from_offsets(
     ]
 
 
+def sft_batches(
+    examples: Sequence[SFTExample], pad_id: int, device: torch.device
+) -> Callable[[list[int]], tuple[dict[str, torch.Tensor], int]]:
+    """``make_batch`` of the training loop: example indices -> padded batch.
+
+    Returns:
+        A function of example indices giving ``input_ids``,
+        ``attention_mask`` and ``labels`` (-100 on padding), right-padded on
+        ``device``, and the number of trained targets (labels after the first
+        position that are not -100).
+    """
+
+    def make_batch(indices: list[int]) -> tuple[dict[str, torch.Tensor], int]:
+        chosen = [examples[i] for i in indices]
+        ids, mask = pad_batch([ex.ids for ex in chosen], pad_id, device)
+        labels, _ = pad_batch([ex.labels for ex in chosen], IGNORE, device)
+        units = int((labels[:, 1:] != IGNORE).sum())
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}, units
+
+    return make_batch
+
+
 def truncate_examples(
     tok: PreTrainedTokenizerBase,
     examples: Sequence[SFTExample],
@@ -134,7 +160,7 @@ def truncate_examples(
     """Cut over-long examples' ids and labels alike, keeping special tokens.
 
     The tokenizer's added BOS (and EOS) stay, as in Hugging Face truncation
-    (:func:`pipelines.common.modeling.truncate_ids`).
+    (:func:`pipelines.common.tokenization.truncate_ids`).
     """
     frame = special_frame(tok)
     out = []

@@ -1,5 +1,7 @@
 import dataclasses
 import json
+import logging
+import re
 import shutil
 
 import pytest
@@ -19,15 +21,10 @@ from pipelines.common.modeling import (
     train_tokenizer,
 )
 from pipelines.common.records import read_pairs
+from pipelines.common.sampling import encode_prompts, sample_texts
 from pipelines.common.sandbox import set_backend
 from pipelines.domains import VerifierOptions, code, math
-from pipelines.generate_candidates import (
-    GenerateConfig,
-    encode_prompts,
-    generate_candidates,
-    main,
-    sample_texts,
-)
+from pipelines.generate_candidates import GenerateConfig, generate_candidates, main
 
 from .bos_tokenizers import save_bos_tokenizer
 
@@ -107,6 +104,31 @@ def math_run(world):
         world["policy"], world["pairs"]["math"], out, seed=0, cfg=SMALL, domain="math"
     )
     return summary, read_jsonl(out)
+
+
+def test_sampling_logs_progress_per_generate_call_and_a_final_line(
+    world, tmp_path, caplog
+):
+    out = tmp_path / "gens.jsonl"
+    with caplog.at_level(logging.INFO, logger="pipelines.common.sampling"):
+        generate_candidates(
+            world["policy"],
+            world["pairs"]["math"],
+            out,
+            seed=0,
+            cfg=SMALL,
+            domain="math",
+            progress_every=0.0,
+        )
+    line = re.compile(
+        r"^generate_candidates: (\d+)/(\d+) sequences \(\S+%\), (\S+) sequences/s,"
+        r" .*?( \(done\))?$"
+    )
+    found = [line.match(r.getMessage()) for r in caplog.records]
+    lines = [(int(m[1]), int(m[2]), bool(m[4])) for m in found if m]
+    # 3 prompts x 4 samples = 12 sequences, 5 per generate call: 5, 10, 12
+    assert lines == [(5, 12, False), (10, 12, False), (12, 12, False), (12, 12, True)]
+    assert all(float(m[3]) > 0 for m in found if m)
 
 
 def texts_of(lines):
@@ -256,7 +278,7 @@ def test_policy_samples_with_its_recorded_system_prompt(world, tmp_path, monkeyp
         fed.append([list(p) for p in prompt_ids])
         return sample_texts(model, tok, prompt_ids, **kw)
 
-    monkeypatch.setattr("pipelines.generate_candidates.sample_texts", spy)
+    monkeypatch.setattr("pipelines.common.sampling.sample_texts", spy)
 
     def run(name, **kw):
         out = tmp_path / f"{name}.jsonl"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -225,6 +226,24 @@ def test_weights_not_summing_to_one_warn(models, tmp_path, caplog):
     torch.testing.assert_close(merged[name], 0.8 * rm[name] + 0.8 * lm[name])
     summary = json.loads((out / "merge_config.json").read_text())
     assert summary["rm_weight"] == 0.8 and summary["lm_weight"] == 0.8
+
+
+def test_merge_logs_a_progress_line_per_tensor_at_cadence_zero(
+    models, tmp_path, caplog
+):
+    n = len(_state(models["rm"]))  # the RM's tensors, read from its files
+    with caplog.at_level(logging.INFO, logger="pipelines.merge_dogerm"):
+        merge_dogerm(
+            str(models["rm"]),
+            str(models["lm"]),
+            tmp_path / "m",
+            cfg=MergeConfig(rm_weight=0.5, lm_weight=0.5),
+            progress_every=0.0,
+        )
+    line = re.compile(r"^merge_dogerm: (\d+)/(\d+) tensors .*?( \(done\))?$")
+    found = [line.match(r.getMessage()) for r in caplog.records]
+    lines = [(int(m[1]), int(m[2]), bool(m[3])) for m in found if m]
+    assert lines == [(k, n, False) for k in range(1, n + 1)] + [(n, n, True)]
 
 
 def test_cli_merge(models, tmp_path):

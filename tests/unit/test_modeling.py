@@ -1,5 +1,7 @@
 """The tokenisation contract of pipelines/common/modeling.py (DESIGN.md principle 4)."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -25,6 +27,7 @@ from pipelines.common.modeling import (
     train_tokenizer,
     truncate_ids,
 )
+from pipelines.common.progress import Progress
 from pipelines.common.records import read_pairs
 
 from .bos_tokenizers import KINDS, save_bos_tokenizer
@@ -351,3 +354,14 @@ def test_score_ids_refuses_a_stale_config_pad(rm, tok, ids):
     finally:
         rm.config.pad_token_id = pad
     assert np.isfinite(score_ids(rm, ids[:4], pad_id=pad, batch_size=4)).all()
+
+
+def test_score_ids_counts_each_batch_on_a_progress(rm, tok, ids, caplog):
+    log = logging.getLogger("test.score_progress")
+    progress = Progress("eval_rm", len(ids), unit="sequences", logger=log, every_s=0)
+    with caplog.at_level(logging.INFO, logger="test.score_progress"):
+        score_ids(rm, ids, pad_id=tok.pad_token_id, batch_size=5, progress=progress)
+    done = [int(r.getMessage().split(":")[1].split("/")[0]) for r in caplog.records]
+    # batches of 5 over len(ids) sequences: a line after each
+    want = list(range(5, len(ids), 5)) + [len(ids)]
+    assert len(want) >= 2 and done == want and progress.done == len(ids)

@@ -562,6 +562,50 @@ def test_sigterm_then_resume_equals_uninterrupted(data_dir, sft_base, tmp_path, 
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
+PROGRESS = re.compile(
+    r"train_rm: (\d+)/3 steps \((\S+)%\), (\S+) steps/s, elapsed \S+"
+    r"(?:, ETA \S+)?( \(done\))?$"
+)
+
+
+def test_training_logs_a_final_progress_line_with_a_rate(
+    data_dir, sft_base, tmp_path, caplog
+):
+    with caplog.at_level(logging.INFO, logger="pipelines.common.training"):
+        train_rm(
+            [data_dir / "small.jsonl"],
+            str(sft_base),
+            tmp_path / "rm",
+            seed=0,
+            cfg=QUICK,  # 3 steps: far under the 30 s cadence
+        )
+    found = [PROGRESS.search(r.getMessage()) for r in caplog.records]
+    lines = [m.groups() for m in found if m]
+    assert lines[-1][0] == "3" and lines[-1][1] == "100.0" and lines[-1][3]
+    assert float(lines[-1][2]) > 0  # steps per second
+
+
+def test_cli_progress_every_sets_the_cadence(data_dir, sft_base, tmp_path):
+    cmd = [sys.executable, "-m", "pipelines.train_rm", "--pairs"]
+    cmd += [str(data_dir / "small.jsonl"), "--base", str(sft_base)]
+    cmd += ["--out", str(tmp_path / "rm"), "--seed", "0", "--max-steps", "3"]
+    cmd += ["--batch-size", "4", "--device", "cpu", "--progress-every", "0"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [m.groups() for m in map(PROGRESS.search, res.stderr.splitlines()) if m]
+    # cadence 0: a line after every step, then the final one
+    assert [(d, done) for d, _, _, done in lines] == [
+        ("1", None),
+        ("2", None),
+        ("3", None),
+        ("3", " (done)"),
+    ]
+    assert [share for _, share, _, _ in lines] == ["33.3", "66.7", "100.0", "100.0"]
+
+
 def test_cli_help():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     res = subprocess.run(
