@@ -186,29 +186,33 @@ def _gold_scores(
         items = [(ln["task"], c["text"]) for ln in lines for c in ln["candidates"]]
         gold = verifier_gold(domain, items, workers=workers, verifier=verifier)
         return gold, f"verifier:{domain}"
-    # the RM scorer loads torch; only a gold-model run pays for it
-    from pipelines.score_candidates import (
-        ScoreConfig,
+    from pipelines.common.scoring import (
+        ScorerConfig,
+        ScoringInput,
         candidate_conversations,
         load_scorer,
-        score_conversations,
+        score_inputs,
     )
 
-    score_cfg = ScoreConfig(
-        batch_size=cfg.batch_size,
-        dtype=cfg.dtype,
-        device=cfg.device,
-        trust_remote_code=cfg.trust_remote_code,
+    scorer = load_scorer(
+        cfg.gold_model,
+        ScorerConfig(
+            batch_size=cfg.batch_size,
+            dtype=cfg.dtype,
+            device=cfg.device,
+            trust_remote_code=cfg.trust_remote_code,
+        ),
     )
-    scorer = load_scorer(cfg.gold_model, score_cfg)
     convs = [c for ln in lines for c in candidate_conversations(ln)]
-    scores, cut = score_conversations(scorer, convs, cfg=score_cfg)
-    if cut:
-        logger.warning("gold model: %d of %d candidates truncated", cut, len(convs))
-    gold_format = scorer.chat_format.record(with_template=False)
+    gold = score_inputs(scorer, [ScoringInput("gold", convs)], what="gold")["gold"]
+    if gold.n_truncated:
+        logger.warning(
+            "gold model: %d of %d candidates truncated", gold.n_truncated, len(convs)
+        )
+    gold_format = gold.chat_format.record(with_template=False)
     for line in lines:
         line["gold_chat_format"] = gold_format
-    return scores.tolist(), f"model:{cfg.gold_model}"
+    return gold.scores.tolist(), f"model:{cfg.gold_model}"
 
 
 def generate_candidates(

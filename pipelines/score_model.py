@@ -47,7 +47,13 @@ from pipelines.common.cli import (
     handle_user_errors,
 )
 from pipelines.common.io import LineProblem, iter_jsonl
-from pipelines.common.logs import library_versions, log_run_header, setup_logging
+from pipelines.common.logs import (
+    PROGRESS_EVERY_S,
+    add_progress_arg,
+    library_versions,
+    log_run_header,
+    setup_logging,
+)
 from pipelines.common.records import ROLES, RecordError
 from pipelines.common.score_reuse import input_key, load_context, reusable
 from pipelines.common.score_store import (
@@ -284,6 +290,7 @@ def score_model(
     gens: Sequence[Path] = (),
     pair_settings: InputSettings | None = None,
     candidate_settings: InputSettings | None = None,
+    progress_every: float = PROGRESS_EVERY_S,
 ) -> dict:
     """Score every benchmark pair and candidate with one load; write the store.
 
@@ -301,6 +308,7 @@ def score_model(
         gens: best-of-n candidate files.
         pair_settings: encoding of every benchmark's conversations.
         candidate_settings: encoding of every candidate conversation.
+        progress_every: seconds between two progress lines of the scoring.
 
     Returns:
         Summary: ``n_sequences``, ``n_scored`` (the rest were reused),
@@ -330,6 +338,7 @@ def score_model(
             scorer,
             [ScoringInput(it.name, it.conversations, it.settings) for it in fresh],
             what=f"score_model {model_id}",
+            every_s=progress_every,
         )
         pool = [it.name for it in fresh]
         for it in fresh:
@@ -461,6 +470,7 @@ def make_parser() -> argparse.ArgumentParser:
         default=InputSettings(),
         help="the same for the candidates (YAML bon.score)",
     )
+    add_progress_arg(parser)
     add_dataclass_args(parser, ScorerConfig)
     return parser
 
@@ -497,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         gens=args.gens,
         pair_settings=args.pair_settings,
         candidate_settings=args.candidate_settings,
+        progress_every=args.progress_every,
     )
     return 0
 

@@ -42,6 +42,7 @@ import numpy as np
 
 from pipelines.common.chat_format import ChatFormat, setup_chat_format
 from pipelines.common.cli import field_help
+from pipelines.common.logs import PROGRESS_EVERY_S
 from pipelines.common.progress import Progress
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -53,7 +54,6 @@ logger = logging.getLogger(__name__)
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 SIDES = ("left", "right")
 ENCODE_CHUNK = 4096  # conversations tokenised at a time (bounds peak memory)
-PROGRESS_EVERY_S = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -291,47 +291,50 @@ def _encode(
 
 
 def score_pooled(
-    scorer: Scorer, seqs: Sequence[np.ndarray], *, what: str = "scoring"
+    scorer: Scorer,
+    seqs: Sequence[np.ndarray],
+    *,
+    what: str = "scoring",
+    every_s: float = PROGRESS_EVERY_S,
 ) -> np.ndarray:
     """Scores of token sequences in length-sorted batches, with progress lines.
 
-    The batches are those of :func:`pipelines.common.modeling.score_ids` with
-    ``sort_by_length=True`` (longest first, ties in input order), so its
-    scores are the same bit for bit; each batch goes through ``score_ids``.
+    The batches of :func:`pipelines.common.modeling.score_ids` with
+    ``sort_by_length=True`` (longest first, ties in input order).
 
     Args:
         scorer: the loaded model.
         seqs: token ids, unpadded.
         what: the name on progress lines.
+        every_s: seconds between two progress lines.
 
     Returns:
         float64 scores in the order of ``seqs``.
     """
     from pipelines.common.modeling import score_ids
 
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
-    scores = np.empty(len(seqs), dtype=np.float64)
-    size = scorer.cfg.batch_size
     progress = Progress(
-        what, len(seqs), unit="sequences", logger=logger, every_s=PROGRESS_EVERY_S
+        what, len(seqs), unit="sequences", logger=logger, every_s=every_s
     )
-    for start in range(0, len(order), size):
-        idx = order[start : start + size]
-        scores[idx] = score_ids(
-            scorer.model,
-            [seqs[i] for i in idx],
-            pad_id=scorer.tok.pad_token_id,
-            batch_size=len(idx),
-            sort_by_length=False,
-            device=scorer.device,
-        )
-        progress.update(len(idx))
+    scores = score_ids(
+        scorer.model,
+        seqs,
+        pad_id=scorer.tok.pad_token_id,
+        batch_size=scorer.cfg.batch_size,
+        sort_by_length=True,
+        device=scorer.device,
+        progress=progress,
+    )
     progress.finish()
     return scores
 
 
 def score_inputs(
-    scorer: Scorer, inputs: Sequence[ScoringInput], *, what: str = "scoring"
+    scorer: Scorer,
+    inputs: Sequence[ScoringInput],
+    *,
+    what: str = "scoring",
+    every_s: float = PROGRESS_EVERY_S,
 ) -> dict[str, Scored]:
     """Score every input with one model: each encoded its own way, all pooled.
 
@@ -339,6 +342,7 @@ def score_inputs(
         scorer: from :func:`load_scorer`.
         inputs: the inputs; names must be unique.
         what: the name on progress lines (e.g. the model id).
+        every_s: seconds between two progress lines.
 
     Returns:
         Input name -> its scores, truncation flags and chat format.
@@ -366,7 +370,7 @@ def score_inputs(
         ", ".join(f"{n}: {b - a}" for n, (a, b) in spans.items()),
         sum(len(s) for s in pooled),
     )
-    scores = score_pooled(scorer, pooled, what=what)
+    scores = score_pooled(scorer, pooled, what=what, every_s=every_s)
     out: dict[str, Scored] = {}
     for name, (lo, hi) in spans.items():
         truncated, fmt = encoded[name]

@@ -23,8 +23,14 @@ from pipelines.common.modeling import (
     score_ids,
     train_tokenizer,
 )
+from pipelines.common.scoring import (
+    InputSettings,
+    ScorerConfig,
+    ScoringInput,
+    load_scorer,
+    score_inputs,
+)
 from pipelines.merge_dogerm import MergeConfig, main, merge_dogerm
-from pipelines.score_candidates import ScoreConfig, load_scorer, score_conversations
 
 ARCH = TinyArch(
     hidden_size=32,
@@ -278,9 +284,9 @@ def test_merge_inherits_the_rms_chat_format(models, tmp_path):
     assert run["merge"]["rm"] == str(rm)
 
     def scores(model, **kw):
-        cfg = ScoreConfig(device="cpu", **kw)
-        scorer = load_scorer(str(model), cfg)
-        return score_conversations(scorer, CONVS, cfg=cfg)[0]
+        scorer = load_scorer(str(model), ScorerConfig(device="cpu"))
+        got = score_inputs(scorer, [ScoringInput("c", CONVS, InputSettings(**kw))])
+        return got["c"].scores
 
     np.testing.assert_allclose(scores(out), scores(rm), atol=1e-5)  # w = 0
     np.testing.assert_allclose(
@@ -291,7 +297,8 @@ def test_merge_inherits_the_rms_chat_format(models, tmp_path):
     plain = tmp_path / "plain"
     merge_dogerm(str(models["rm"]), str(models["lm"]), plain, cfg=MergeConfig())
     assert json.loads((plain / "run_config.json").read_text())["chat_format"] is None
-    assert load_scorer(str(plain), ScoreConfig()).chat_format.system_prompt is None
+    scorer = load_scorer(str(plain), ScorerConfig(device="cpu"))
+    assert scorer.chat_format(InputSettings()).system_prompt is None
 
 
 def _to_hub_cache(cache: Path, repo_id: str, folder: Path) -> None:

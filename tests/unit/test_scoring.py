@@ -196,10 +196,10 @@ def test_chunked_encoding_changes_nothing(rm, monkeypatch):
 
 
 def test_progress_lines_count_sequences(rm, monkeypatch, caplog):
-    monkeypatch.setattr(scoring, "PROGRESS_EVERY_S", 0.0)
     scorer = load_scorer(rm, ScorerConfig(batch_size=8, device="cpu"))
+    inputs = [ScoringInput("a", A), ScoringInput("c", C)]
     with caplog.at_level(logging.INFO, logger="pipelines.common.scoring"):
-        score_inputs(scorer, [ScoringInput("a", A), ScoringInput("c", C)], what="m")
+        score_inputs(scorer, inputs, what="m", every_s=0.0)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("m:")]
     total = len(A) + len(C)
     assert any(f"8/{total} sequences" in line for line in lines), lines
