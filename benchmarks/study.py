@@ -13,14 +13,16 @@ default config, tiny preset), and prints:
   which covers every job) and of the whole process tree at once (sampled every
   0.2 s: two concurrent jobs on 2 cores count together);
 - the summed time of the Python jobs and how it splits into **startup**
-  (interpreter start and imports, up to the stage's first
-  ``ArgumentParser.parse_args``, plus every ``from_pretrained`` model load)
-  and **work** (the rest), per rule and in total.
+  (interpreter start and imports up to the stage's first
+  ``ArgumentParser.parse_args``, the imports made after it, e.g. a lazy
+  ``import torch``, and every ``from_pretrained`` model load) and **work** (the
+  rest), per rule and in total.
 
 The split comes from a ``sitecustomize`` placed first on ``PYTHONPATH`` for the
 run only; it patches nothing in the project: it wraps ``parse_args`` and
 ``PreTrainedModel.from_pretrained`` to take timestamps and appends one JSON
-line per ``python -m pipelines.<stage>`` process to a trace file at exit. It
+line per ``python -m pipelines.<stage>`` process to a trace file at exit
+(it also times each outermost module import made after ``parse_args``). It
 therefore measures old and new revisions the same way (``--rev``), which is
 how the before/after figures of a change are taken in one sitting.
 
@@ -89,42 +91,74 @@ if _TRACE and _module():
 
     _argparse.ArgumentParser.parse_args = _parse_args
 
+    # Time in imports made after parse_args (lazy imports of torch and the
+    # like) and in from_pretrained; an import inside a load counts as load.
+    _state.update(import_s=0.0, imports=0, busy=False)
+
+    def _patch(mod):
+        base = mod.PreTrainedModel
+        orig = base.from_pretrained.__func__
+
+        def from_pretrained(cls, *a, **k):
+            if _state["busy"]:
+                return orig(cls, *a, **k)
+            _state["busy"] = True
+            t = time.time()
+            try:
+                return orig(cls, *a, **k)
+            finally:
+                _state["busy"] = False
+                _state["load_s"] += time.time() - t
+                _state["loads"] += 1
+
+        base.from_pretrained = classmethod(from_pretrained)
+
     class _LoadHook:
-        """Wrap PreTrainedModel.from_pretrained once transformers is imported."""
+        """Times outermost imports after parse_args; patches from_pretrained."""
 
         def find_spec(self, name, path=None, target=None):
-            if name == "transformers.modeling_utils" and not _state.get("hooked"):
-                _state["hooked"] = True
-                sys.meta_path.remove(self)
-                import importlib
+            if _state["parse_args"] is None and name != "transformers.modeling_utils":
+                return None
+            for finder in sys.meta_path:
+                find = getattr(finder, "find_spec", None)
+                if finder is self or find is None:
+                    continue
+                spec = find(name, path, target)
+                if spec is not None:
+                    break
+            else:
+                return None
+            loader = spec.loader
+            if loader is None or isinstance(loader, type):
+                return spec
+            exec_module = getattr(loader, "exec_module", None)
+            if exec_module is None:
+                return spec
 
-                mod = importlib.import_module(name)
-                base = mod.PreTrainedModel
-                orig = base.from_pretrained.__func__
-
-                def from_pretrained(cls, *a, **k):
+            def timed(module):
+                if _state["busy"] or _state["parse_args"] is None:
+                    exec_module(module)
+                else:
+                    _state["busy"] = True
                     t = time.time()
-                    depth = _state.setdefault("depth", 0)
-                    _state["depth"] = depth + 1
                     try:
-                        return orig(cls, *a, **k)
+                        exec_module(module)
                     finally:
-                        _state["depth"] = depth
-                        if depth == 0:
-                            _state["load_s"] += time.time() - t
-                            _state["loads"] += 1
+                        _state["busy"] = False
+                        _state["import_s"] += time.time() - t
+                        _state["imports"] += 1
+                if name == "transformers.modeling_utils":
+                    _patch(module)
 
-                base.from_pretrained = classmethod(from_pretrained)
-                return mod.__spec__
-            return None
+            loader.exec_module = timed
+            return spec
 
     sys.meta_path.insert(0, _LoadHook())
 
     @atexit.register
     def _write():
         _state["end"] = time.time()
-        _state.pop("hooked", None)
-        _state.pop("depth", None)
+        _state.pop("busy", None)
         _state["argv"] = list(getattr(sys, "orig_argv", sys.argv))
         with open(_TRACE, "a") as fh:
             fh.write(json.dumps(_state) + "\n")
@@ -243,7 +277,7 @@ def split_times(trace: Path) -> dict[str, dict[str, float]]:
             continue
         total = rec["end"] - rec["start"]
         first = rec["parse_args"] or rec["end"]
-        startup = (first - rec["start"]) + rec["load_s"]
+        startup = (first - rec["start"]) + rec["load_s"] + rec.get("import_s", 0.0)
         row = out[rec["module"].removeprefix("pipelines.")]
         row["procs"] += 1
         row["total_s"] += total
