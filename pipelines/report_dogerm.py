@@ -234,7 +234,7 @@ def _dress(ax, title: str, ylabel: str, empty: bool) -> None:
     if empty:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     # below the axes: never over the data, and the figure stays report-wide
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.21), ncol=2)
 
 
 def dogerm_figure(table: pd.DataFrame, gold: str = VERIFIER) -> Figure:
@@ -272,7 +272,7 @@ def dogerm_figure(table: pd.DataFrame, gold: str = VERIFIER) -> Figure:
     _weight_lines(axes[1], ceiling, colors, ls="--", tag=f" pass@{max_n} (ceiling)")
     if gold == VERIFIER:
         axes[1].set_ylim(-0.03, 1.03)
-        ylabel = "gold of the pick (verifier: fraction correct)"
+        ylabel = "gold of the pick\n(verifier: fraction correct)"
         if len(ceiling) and float(ceiling["value"].max()) == 0.0:
             axes[1].text(
                 0.5,
@@ -286,7 +286,7 @@ def dogerm_figure(table: pd.DataFrame, gold: str = VERIFIER) -> Figure:
                 bbox={"facecolor": "white", "edgecolor": "grey", "alpha": 0.9},
             )
     else:
-        ylabel = f"gold of the pick (gold RM {gold}: logit)"
+        ylabel = f"gold of the pick\n(gold RM {gold}: logit)"
     _dress(
         axes[1],
         f"Best-of-{max_n} gold, merged RM as proxy (mean over prompts)",
@@ -298,6 +298,9 @@ def dogerm_figure(table: pd.DataFrame, gold: str = VERIFIER) -> Figure:
         fontsize=10.5,
     )
     fig.tight_layout()
+    # room between the panels for the right panel's two-part y label, which
+    # tight_layout leaves over the left panel when the legends hang below
+    fig.subplots_adjust(wspace=0.32)
     return fig
 
 
