@@ -434,6 +434,7 @@ def test_adding_a_benchmark_rescores_each_model_once_and_nothing_upstream(
         "report_eval": 1,
         "report_bon": 1,
         "report_dogerm": 1,
+        "report_summary": 1,  # the opening page reads the evals and tables
         "all": 1,
     }
     scoring = [b for r, b in _job_blocks(res.stdout) if r == "score_model"]
@@ -452,5 +453,6 @@ def test_adding_a_benchmark_rescores_each_model_once_and_nothing_upstream(
         "eval_rm": (n_rms + n_merged) * (n_benchmarks - 1),
         "report_eval": 1,
         "report_dogerm": 1,
+        "report_summary": 1,
         "all": 1,
     }
