@@ -146,17 +146,86 @@ def _cmd(
     return [*launcher, *args, *FLAGS, *extra]
 
 
-def _run(cmd: list[str]) -> str:
-    res = subprocess.run(
-        cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
+# A run takes ~30 s here (2 cores); a DeepSpeed run that has not finished in
+# RUN_TIMEOUT_S is hung, not slow. The first DeepSpeed run JIT-compiles its
+# shared-memory op (the ``deepspeed_op`` fixture does that alone, first).
+RUN_TIMEOUT_S = 300
+HUNG: list[str] = []  # the first run that hung; later DeepSpeed runs fail fast
+
+
+def _stop_group(proc: subprocess.Popen) -> tuple[str, str]:
+    """Stop a hung launch and every rank it started, with their tracebacks.
+
+    The launch runs in its own session (process group): SIGABRT makes each
+    Python process dump every thread's stack (PYTHONFAULTHANDLER), SIGKILL
+    then ends whatever is left, so no orphaned rank holds a port, a
+    shared-memory segment or the JIT build lock into the next test.
+    """
+    for sig, wait in ((signal.SIGABRT, 15), (signal.SIGKILL, 30)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            return proc.communicate(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+    return proc.communicate()
+
+
+def _run(cmd: list[str], timeout: float = RUN_TIMEOUT_S) -> str:
+    """Run a launch to completion; a hang fails with every rank's stack."""
+    deepspeed = any(f"accelerate/zero{k}.yaml" in cmd for k in (2, 3))
+    if deepspeed and HUNG:
+        pytest.fail(f"an earlier DeepSpeed run hung ({HUNG[0]}); see that failure")
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**_env(), "PYTHONFAULTHANDLER": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
-    log = res.stdout + res.stderr
-    assert res.returncode == 0, log[-5000:]
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        out, err = _stop_group(proc)
+        if deepspeed:
+            HUNG.append(" ".join(cmd[-30:]))
+        pytest.fail(
+            f"no result in {timeout:.0f} s, stopped; the stacks of the processes"
+            f" (faulthandler) and the end of the log follow\n{(out + err)[-20000:]}"
+        )
+    finally:
+        if proc.poll() is None:
+            _stop_group(proc)
+    log = out + err
+    assert proc.returncode == 0, log[-5000:]
     return log
 
 
 @pytest.fixture(scope="module")
-def trained(tiny) -> Callable[..., Path]:
+def deepspeed_op() -> None:
+    """Build DeepSpeed's CPU shared-memory op once, alone, before any run.
+
+    Every DeepSpeed process on the CPU loads it at startup (JIT, g++ and
+    ninja, into ~/.cache/torch_extensions, under a lock file). Building it
+    here first keeps the compile out of the runs' timeouts and reports a
+    failed or stuck build as what it is.
+    """
+    if not HAS_DEEPSPEED:
+        return
+    code = "from deepspeed.comm.torch import build_shm_op; print(build_shm_op())"
+    try:
+        _run([sys.executable, "-c", code], timeout=900)
+    except BaseException:
+        HUNG.append("building the shared-memory op")
+        raise
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, deepspeed_op) -> Callable[..., Path]:
     """``get(strategy, accumulation)``: that run's output (None: one process)."""
     done: dict[tuple[str | None, int], Path] = {}
 
@@ -346,16 +415,19 @@ def test_two_processes_match_one_process(tiny, trained, strategy, accumulation):
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_sigterm_then_resume_equals_uninterrupted(tiny, trained, strategy, tmp_path):
     reference = trained(strategy)
+    if strategy != "ddp" and HUNG:
+        pytest.fail(f"an earlier DeepSpeed run hung ({HUNG[0]}); see that failure")
     out, ckpt = tmp_path / "resumed", tmp_path / "ckpt"
     cmd = _cmd(tiny, strategy, out, "--checkpoint-dir", str(ckpt))
     cmd += ["--checkpoint-every", "2"]
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,
-        env=_env(),
+        env={**_env(), "PYTHONFAULTHANDLER": "1"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
     lines = []
     try:
@@ -367,9 +439,15 @@ def test_sigterm_then_resume_equals_uninterrupted(tiny, trained, strategy, tmp_p
                 # forwards it to the workers (and gives them 30 s)
                 proc.send_signal(signal.SIGTERM)
                 break
-        rest = proc.communicate(timeout=300)[1]
+        rest = proc.communicate(timeout=RUN_TIMEOUT_S)[1]
+    except subprocess.TimeoutExpired:
+        rest = _stop_group(proc)[1]
+        pytest.fail(
+            f"no exit {RUN_TIMEOUT_S} s after SIGTERM; stacks:\n{rest[-20000:]}"
+        )
     finally:
-        proc.kill()
+        if proc.poll() is None:
+            _stop_group(proc)
     log = "".join(lines) + rest
     # the workers exit 143; the launcher reports the signal as a failure
     assert proc.returncode != 0, log[-5000:]
@@ -404,7 +482,7 @@ def test_sigterm_then_resume_equals_uninterrupted(tiny, trained, strategy, tmp_p
 
 
 @needs_deepspeed
-def test_zero3_lora_is_merged_from_whole_weights(tiny, tmp_path):
+def test_zero3_lora_is_merged_from_whole_weights(tiny, deepspeed_op, tmp_path):
     # LoRA under ZeRO-3: the adapters and the frozen base are all shards until
     # gathered; merge_and_unload must run on the whole tensors. No dropout, so
     # the 1-process run is the reference (dropout masks depend on the count).
