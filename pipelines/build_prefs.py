@@ -137,15 +137,24 @@ class BuildPrefsConfig:
 
 
 def _inject(text: str, rng: random.Random, cfg: BuildPrefsConfig) -> tuple[str, dict]:
-    """Add the configured spurious features to one chosen reply."""
+    """Add the configured spurious features to one chosen reply.
+
+    Returns:
+        The reply and what was added; ``clean_chosen`` keeps the reply as
+        written when anything was.
+    """
     polite = rng.random() < cfg.politeness_rate
     padded = rng.random() < cfg.length_padding_rate
+    clean = text
     if polite:
         text = f"{rng.choice(POLITE_OPENERS)}\n\n{text}"
     if padded:
         sentences = rng.sample(PADDING_SENTENCES, rng.randint(3, 5))
         text = f"{text}\n\n{' '.join(sentences)}"
-    return text, {"politeness": polite, "length_padding": padded}
+    spurious: dict = {"politeness": polite, "length_padding": padded}
+    if text != clean:  # the gold RM trains on the reply without them
+        spurious["clean_chosen"] = clean
+    return text, spurious
 
 
 def _conversation(prompt: str, reply: str | None = None) -> list[dict[str, str]]:
@@ -419,7 +428,7 @@ def build_prefs(
             k
             for r in records[split]
             for k, v in r["metadata"].get("spurious", {}).items()
-            if v
+            if v is True  # the flags, not the clean_chosen text
         )
         logger.info(
             "%s/%s: %d pairs -> %s; subsets %s; spurious %s",

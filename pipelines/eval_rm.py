@@ -180,7 +180,7 @@ def spurious_split(
         features = (rec.get("metadata") or {}).get("spurious")
         if not isinstance(features, Mapping):
             return None
-        flags.append(any(bool(v) for v in features.values()))
+        flags.append(any(v is True for v in features.values()))  # not clean_chosen
     has_feature = np.asarray(flags, dtype=bool)
     out: dict[str, dict[str, float | int | None]] = {}
     for name, mask in (("clean", ~has_feature), ("spurious", has_feature)):

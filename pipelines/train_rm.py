@@ -71,6 +71,7 @@ from pipelines.common.logs import (
     log_run_header,
     setup_logging,
 )
+from pipelines.common.modeling import TinyArchFields
 from pipelines.common.rm_data import OVER_LENGTH, PairData, load_pair_data
 from pipelines.common.rm_training import (
     FitResult,
@@ -108,7 +109,7 @@ OPERATIONAL_FIELDS = ("log_every", "checkpoint_every", "device", "keep_adapter")
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainRMConfig:
+class TrainRMConfig(TinyArchFields):
     """Hyperparameters of RM training (YAML section ``rm``).
 
     The defaults are the tiny preset (a few-million-parameter GPT-NeoX on 2 CPU
@@ -184,6 +185,11 @@ class TrainRMConfig:
         "weight of the 0.5*(r_c^2 + r_r^2) reward regulariser",
         default=0.0,
     )
+    clean_chosen: bool = field_help(
+        "train on each chosen reply as written before build_prefs injected"
+        " spurious features (metadata.spurious.clean_chosen): the gold RM",
+        default=False,
+    )
     lora: bool = field_help(
         "train LoRA adapters + score head instead of all weights", default=False
     )
@@ -224,22 +230,26 @@ class TrainRMConfig:
 
 def fit_reward_model(
     pairs: Sequence[Path],
-    base: str,
+    base: str | None,
     *,
     seed: int,
     cfg: TrainRMConfig,
     checkpoint_dir: Path | None = None,
     progress_every: float = PROGRESS_EVERY_S,
+    tokenizer: str | None = None,
 ) -> FitResult:
     """Train an RM in memory (see :func:`train_rm`, which also saves it).
 
     Args:
         pairs: standard-format pair JSONL files (concatenated).
-        base: a hub id or local folder (causal LM or RM) with its tokenizer.
+        base: a hub id or local folder (causal LM or RM) with its tokenizer;
+            None: a tiny GPT-NeoX of the config's shape, from scratch on
+            ``tokenizer`` (the gold RM of the tiny preset).
         seed: seeds the score-head init, dropout and the data order.
         cfg: hyperparameters.
         checkpoint_dir: where to checkpoint and resume from; None for none.
         progress_every: seconds between two progress lines of the loop.
+        tokenizer: the tokenizer folder or hub id of a model from scratch.
 
     Returns:
         The trained model (unwrapped; a ``PeftModel`` with LoRA), tokenizer,
@@ -264,7 +274,11 @@ def fit_reward_model(
         chat_template=cfg.chat_template,
         system_prompt=cfg.system_prompt,
         lora=cfg.lora_args(),
+        tokenizer=tokenizer,
+        arch=cfg.arch(),
     )
+    if base is None:  # the run's record names what it started from
+        base = f"scratch:{tokenizer}"
     data = load_pair_data(
         pairs,
         tok,
@@ -272,6 +286,7 @@ def fit_reward_model(
         truncation_side=cfg.truncation_side,
         over_length=cfg.over_length,
         system_prompt=fmt.system_prompt,
+        clean_chosen=cfg.clean_chosen,
     )
     n_pairs = len(data.chosen)
 
@@ -396,25 +411,28 @@ def _metrics(
 
 def train_rm(
     pairs: Sequence[Path],
-    base: str,
+    base: str | None,
     out: Path,
     *,
     seed: int,
     cfg: TrainRMConfig,
     checkpoint_dir: Path | None = None,
     progress_every: float = PROGRESS_EVERY_S,
+    tokenizer: str | None = None,
 ) -> dict[str, float]:
     """Fit a Bradley-Terry RM on ``pairs``, save it to ``out``, return metrics.
 
     Args:
         pairs: standard-format pair JSONL files; several are concatenated.
-        base: a hub id or local folder (causal LM or RM) with its tokenizer.
+        base: a hub id or local folder (causal LM or RM) with its tokenizer;
+            None: a tiny model from scratch on ``tokenizer``.
         out: the output folder (appears whole; replaced if present).
         seed: seeds the score-head init, dropout and the data order.
         cfg: hyperparameters.
         checkpoint_dir: checkpoint/resume folder, outside ``out``; deleted after
             success. None disables checkpoints.
         progress_every: seconds between two progress lines of the loop.
+        tokenizer: the tokenizer folder or hub id of a model from scratch.
 
     Returns:
         Scalar metrics: ``n_pairs`` (trained on), ``n_truncated``,
@@ -432,6 +450,7 @@ def train_rm(
         cfg=cfg,
         checkpoint_dir=checkpoint_dir,
         progress_every=progress_every,
+        tokenizer=tokenizer,
     )
     if fit.accelerator.is_main_process:
         save_reward_model(fit, out, keep_adapter=cfg.keep_adapter)
@@ -456,7 +475,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--pairs", nargs="+", type=Path, required=True, help="pair JSONL file(s)"
     )
-    parser.add_argument("--base", required=True, help="hub id or local model folder")
+    start = parser.add_mutually_exclusive_group(required=True)
+    start.add_argument("--base", help="hub id or local model folder")
+    start.add_argument(
+        "--tokenizer",
+        help="tokenizer folder/id: a tiny GPT-NeoX RM from scratch (--hidden-size...)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--seed", type=int, required=True, help="run seed")
     parser.add_argument(
@@ -482,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg,
         seed=args.seed,
         base=args.base,
+        tokenizer=args.tokenizer,
         pairs=[str(p) for p in args.pairs],
         out=args.out,
         checkpoint_dir=args.checkpoint_dir,
@@ -496,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg=cfg,
             checkpoint_dir=args.checkpoint_dir,
             progress_every=args.progress_every,
+            tokenizer=args.tokenizer,
         )
     except Interrupted as err:
         logger.warning("%s", err)

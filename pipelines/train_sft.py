@@ -54,7 +54,7 @@ from pipelines.common.logs import (
     setup_logging,
 )
 from pipelines.common.modeling import (
-    TinyArch,
+    TinyArchFields,
     count_parameters,
     ensure_pad_embeddings,
     init_tiny_causal_lm,
@@ -92,11 +92,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 OPERATIONAL_FIELDS = ("log_every", "checkpoint_every", "device")
-_ARCH = TinyArch()
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainSFTConfig:
+class TrainSFTConfig(TinyArchFields):
     """Hyperparameters of SFT (YAML section ``sft``).
 
     The defaults are the tiny preset: a 4-layer GPT-NeoX trained from scratch on
@@ -149,25 +148,6 @@ class TrainSFTConfig:
         " the one in the base's run_config.json, else none",
         default=None,
     )
-    hidden_size: int = field_help(
-        "tiny model (no --base): hidden size", default=_ARCH.hidden_size
-    )
-    num_hidden_layers: int = field_help(
-        "tiny model: layers", default=_ARCH.num_hidden_layers
-    )
-    num_attention_heads: int = field_help(
-        "tiny model: attention heads", default=_ARCH.num_attention_heads
-    )
-    intermediate_size: int = field_help(
-        "tiny model: MLP width", default=_ARCH.intermediate_size
-    )
-    max_position_embeddings: int = field_help(
-        "tiny model: context length", default=_ARCH.max_position_embeddings
-    )
-    rotary_pct: float = field_help(
-        "tiny model: share of head dims with rotary embeddings (Pythia: 0.25)",
-        default=_ARCH.rotary_pct,
-    )
     device: str = field_help("auto (CUDA when available), cpu or cuda", default="auto")
     dtype: str = field_help(
         "compute precision: float32, or bfloat16 autocast (GPU)", default="float32"
@@ -178,17 +158,6 @@ class TrainSFTConfig:
         "checkpoint every this many steps (needs --checkpoint-dir; 0: only on SIGTERM)",
         default=200,
     )
-
-    def arch(self) -> TinyArch:
-        """The tiny model shape named by the ``hidden_size``... fields."""
-        return TinyArch(
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_hidden_layers,
-            num_attention_heads=self.num_attention_heads,
-            intermediate_size=self.intermediate_size,
-            max_position_embeddings=self.max_position_embeddings,
-            rotary_pct=self.rotary_pct,
-        )
 
 
 def lm_loss_sum(

@@ -2,6 +2,7 @@ rule generate_candidates:
     input:
         policy="results/models/sft/general",
         pairs="results/data/{domain}/test.jsonl",
+        gold=gold_model_input,
         template=chat_template_file("bon/generate"),
     output:
         gens="results/bon/gens/{domain}.jsonl",
@@ -18,9 +19,10 @@ rule generate_candidates:
         hp=cli_args("bon/generate"),
         seed=config["bon"]["seed"],
         verifier=verifier_args,
+        gold=gold_model_arg,
     shell:
         "OMP_NUM_THREADS=1 python -m pipelines.generate_candidates {params.hp}"
-        " {params.verifier}"
+        " {params.verifier} {params.gold}"
         " --policy {input.policy} --pairs {input.pairs} --domain {wildcards.domain}"
         " --seed {params.seed} --workers {threads} --out {output.gens} > {log} 2>&1"
 

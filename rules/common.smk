@@ -160,8 +160,13 @@ BENCHMARKS = {
 }
 
 
+GOLD_LABELLED = "gold-labelled"  # the trainset of pairs labelled by the gold
+
+
 def _check_trainsets():
     for trainset in RM_TRAINSETS:
+        if trainset == GOLD_LABELLED:
+            continue
         for domain in MIXTURES.get(trainset, [trainset]):
             if domain not in DOMAINS:
                 raise ValueError(
@@ -186,6 +191,8 @@ def trainset_domains(trainset):
 
 
 def rm_train_pairs(wildcards):
+    if wildcards.trainset == GOLD_LABELLED:
+        return [f"results/data/{GOLD_LABELLED}/train.jsonl"]
     return [
         f"results/data/{d}/train.jsonl" for d in trainset_domains(wildcards.trainset)
     ]
@@ -387,6 +394,86 @@ def bon_results():
 
 def report_bon_targets():
     return ["results/report/bon.csv", "results/report/bon.png"]
+
+
+# ---- the gold scorer of the over-optimisation study --------------------------
+# gold.kind model: a gold RM (gold.model, or results/models/gold trained here)
+# labels pairs of the policy's own replies (results/data/gold-labelled/, the
+# proxies' trainset) and scores the best-of-n candidates; verifier: each
+# domain's verifier does both (1.0 / 0.0).
+GOLD = config["gold"]
+GOLD_KIND = GOLD["kind"]
+GOLD_TRAINED = "results/models/gold"
+GOLD_SPLITS = sorted(GOLD["label"]["sizes"])
+
+
+def gold_model():
+    """The gold RM's folder or hub id; None when the verifiers are the gold."""
+    if GOLD_KIND == "verifier":
+        return None
+    return GOLD["model"] if GOLD["model"] is not None else GOLD_TRAINED
+
+
+def gold_model_input(wildcards=None):
+    """The gold RM as an input: built here or a local folder; hub ids none."""
+    model = gold_model()
+    if model is None:
+        return []
+    return [model] if model == GOLD_TRAINED or _is_local(model) else []
+
+
+def gold_model_arg(wildcards=None):
+    """--gold-model of the stages that score with the gold (empty: verifiers)."""
+    model = gold_model()
+    return "" if model is None else f"--gold-model {shlex.quote(model)}"
+
+
+def gold_name():
+    """How reports name the gold: verifier, or the gold RM's folder / hub id."""
+    return gold_model() or "verifier"
+
+
+def gold_train_base_args(wildcards=None):
+    """Where the gold RM trained here starts: scratch (tiny) or a base model."""
+    base = GOLD["train"]["base"]
+    if base is None and TINY:
+        return "--tokenizer results/tokenizer"
+    return f"--base {shlex.quote(base or config['models']['policy'])}"
+
+
+def gold_train_base_input(wildcards):
+    base = GOLD["train"]["base"]
+    if base is None and TINY:
+        return ["results/tokenizer"]
+    base = base or config["models"]["policy"]
+    return [base] if _is_local(base) else []
+
+
+def gold_label_verifier_args(wildcards):
+    """The verifier flags of label_gold, only when the verifiers are the gold."""
+    if GOLD_KIND != "verifier":
+        return ""
+    return (
+        f"--math-extraction {config['data']['math_extraction']}"
+        f" --sandbox-backend {config['sandbox']['backend']}"
+    )
+
+
+def gold_labelled_targets():
+    return expand(f"results/data/{GOLD_LABELLED}/{{split}}.jsonl", split=GOLD_SPLITS)
+
+
+def _check_gold():
+    if GOLD_LABELLED in RM_TRAINSETS and "train" not in GOLD_SPLITS:
+        raise ValueError(
+            f"rm.trainsets lists {GOLD_LABELLED!r}, so gold.label.sizes needs a"
+            f" 'train' split (has {GOLD_SPLITS})"
+        )
+    if GOLD_LABELLED in MIXTURES or GOLD_LABELLED in DOMAINS:
+        raise ValueError(f"{GOLD_LABELLED!r} is the gold-labelled trainset's name")
+
+
+_check_gold()
 
 
 # ---- DogeRM: merge the general RM with each domain SFT LM ---------------------

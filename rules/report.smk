@@ -52,7 +52,7 @@ rule report_bon:
     conda:
         "../envs/eval.yaml"
     params:
-        gold=config["bon"]["generate"]["gold_model"] or "verifier",
+        gold=gold_name(),
     shell:
         "python -m pipelines.report_bon --results {input.results}"
         " --gold {params.gold:q}"
@@ -84,7 +84,7 @@ rule report_dogerm:
         "../envs/eval.yaml"
     params:
         ns=json.dumps(config["merge"]["bon_ns"]),
-        gold=config["bon"]["generate"]["gold_model"] or "verifier",
+        gold=gold_name(),
     shell:
         "python -m pipelines.report_dogerm --evals {input.evals}"
         " --scores {input.scores} --gens {input.gens} --ns '{params.ns}'"

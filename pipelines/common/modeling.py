@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipelines.common.chat_format import CHAT_TEMPLATE
+from pipelines.common.cli import field_help
 from pipelines.common.progress import Progress
 
 # the text side of the contract; importable from here as before
@@ -85,6 +86,49 @@ class TinyArch:
     intermediate_size: int = 512
     max_position_embeddings: int = 1024
     rotary_pct: float = 0.25  # Pythia's value
+
+
+_ARCH = TinyArch()
+
+
+@dataclass(frozen=True, kw_only=True)
+class TinyArchFields:
+    """The tiny model's shape as stage-config fields (a model from scratch).
+
+    Mixed into the SFT config (the tiny policy) and the RM config (the gold RM
+    trained from scratch, larger than the proxies).
+    """
+
+    hidden_size: int = field_help(
+        "tiny model (no --base): hidden size", default=_ARCH.hidden_size
+    )
+    num_hidden_layers: int = field_help(
+        "tiny model: layers", default=_ARCH.num_hidden_layers
+    )
+    num_attention_heads: int = field_help(
+        "tiny model: attention heads", default=_ARCH.num_attention_heads
+    )
+    intermediate_size: int = field_help(
+        "tiny model: MLP width", default=_ARCH.intermediate_size
+    )
+    max_position_embeddings: int = field_help(
+        "tiny model: context length", default=_ARCH.max_position_embeddings
+    )
+    rotary_pct: float = field_help(
+        "tiny model: share of head dims with rotary embeddings (Pythia: 0.25)",
+        default=_ARCH.rotary_pct,
+    )
+
+    def arch(self) -> TinyArch:
+        """The tiny model shape named by the ``hidden_size``... fields."""
+        return TinyArch(
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            intermediate_size=self.intermediate_size,
+            max_position_embeddings=self.max_position_embeddings,
+            rotary_pct=self.rotary_pct,
+        )
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -176,6 +220,27 @@ def ensure_pad_embeddings(model: PreTrainedModel, tok: PreTrainedTokenizerBase) 
         model.generation_config.pad_token_id = tok.pad_token_id
 
 
+def _tiny_config(tok: PreTrainedTokenizerBase, arch: TinyArch, **extra: object):
+    """The GPT-NeoX config of a tiny model on ``tok``'s vocabulary."""
+    from transformers import GPTNeoXConfig
+
+    return GPTNeoXConfig(
+        vocab_size=len(tok),
+        hidden_size=arch.hidden_size,
+        num_hidden_layers=arch.num_hidden_layers,
+        num_attention_heads=arch.num_attention_heads,
+        intermediate_size=arch.intermediate_size,
+        max_position_embeddings=arch.max_position_embeddings,
+        rotary_pct=arch.rotary_pct,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **extra,
+    )
+
+
 def init_tiny_causal_lm(
     tok: PreTrainedTokenizerBase, *, seed: int, arch: TinyArch = TinyArch()
 ) -> GPTNeoXForCausalLM:
@@ -190,28 +255,29 @@ def init_tiny_causal_lm(
         The model in float32.
     """
     import torch
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from transformers import GPTNeoXForCausalLM
 
-    config = GPTNeoXConfig(
-        vocab_size=len(tok),
-        hidden_size=arch.hidden_size,
-        num_hidden_layers=arch.num_hidden_layers,
-        num_attention_heads=arch.num_attention_heads,
-        intermediate_size=arch.intermediate_size,
-        max_position_embeddings=arch.max_position_embeddings,
-        rotary_pct=arch.rotary_pct,
-        use_parallel_residual=True,
-        tie_word_embeddings=False,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
     torch.manual_seed(seed)
-    model = GPTNeoXForCausalLM(config)
+    model = GPTNeoXForCausalLM(_tiny_config(tok, arch))
     n = sum(p.numel() for p in model.parameters())
     logger.info(
         "initialised tiny GPT-NeoX with %.2fM parameters (seed %d)", n / 1e6, seed
     )
+    return model
+
+
+def init_tiny_reward_model(
+    tok: PreTrainedTokenizerBase, *, arch: TinyArch = TinyArch()
+) -> PreTrainedModel:
+    """A freshly initialised GPT-NeoX reward model (one score) of shape ``arch``.
+
+    The weights come from torch's RNG as it stands: seed it first.
+    """
+    from transformers import GPTNeoXForSequenceClassification
+
+    model = GPTNeoXForSequenceClassification(_tiny_config(tok, arch, num_labels=1))
+    n = sum(p.numel() for p in model.parameters())
+    logger.info("initialised tiny GPT-NeoX RM with %.2fM parameters", n / 1e6)
     return model
 
 

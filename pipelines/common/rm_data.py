@@ -42,6 +42,19 @@ class PairData:
     n_over_rejected: int = 0
 
 
+def without_spurious(record: dict) -> dict:
+    """The pair with its chosen reply as written before spurious features.
+
+    build_prefs keeps the reply it padded or made polite in
+    ``metadata.spurious.clean_chosen``; a record without one is returned as is.
+    """
+    clean = (record.get("metadata") or {}).get("spurious", {}).get("clean_chosen")
+    if clean is None:
+        return record
+    chosen = [*record["chosen"][:-1], {**record["chosen"][-1], "content": clean}]
+    return {**record, "chosen": chosen}
+
+
 def load_pair_data(
     pairs: Sequence[Path],
     tok: PreTrainedTokenizerBase,
@@ -50,6 +63,7 @@ def load_pair_data(
     truncation_side: str,
     over_length: str = "truncate",
     system_prompt: str | None = None,
+    clean_chosen: bool = False,
 ) -> PairData:
     """Read pair files and tokenise both sides; cut or drop over-length pairs.
 
@@ -65,6 +79,9 @@ def load_pair_data(
         truncation_side: ``left`` or ``right``.
         over_length: ``truncate`` or ``drop``.
         system_prompt: prepended as a system turn to conversations without one.
+        clean_chosen: replace each chosen reply that build_prefs gave spurious
+            features by the reply as written before (``metadata.spurious.
+            clean_chosen``); pairs without it are used as they are.
 
     Returns:
         The ids and the truncation / drop counts.
@@ -82,6 +99,8 @@ def load_pair_data(
         records.extend(recs)
     if not records:
         raise ValueError(f"no pairs in {[str(p) for p in pairs]}")
+    if clean_chosen:
+        records = [without_spurious(r) for r in records]
     encoded = [
         encode_conversations(
             tok,

@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING
 
 from pipelines.common.chat_format import ChatFormat, setup_chat_format
 from pipelines.common.modeling import (
+    TinyArch,
     count_parameters,
     ensure_pad_embeddings,
+    init_tiny_reward_model,
     load_reward_model,
     load_tokenizer,
     pad_batch,
@@ -50,31 +52,46 @@ class FitResult:
 
 
 def load_rm_base(
-    base: str,
+    base: str | None,
     *,
     trust_remote_code: bool,
     chat_template: str | None,
     system_prompt: str | None,
     lora: Mapping[str, object] | None = None,
+    tokenizer: str | None = None,
+    arch: TinyArch | None = None,
 ) -> tuple[PreTrainedTokenizerBase, torch.nn.Module, ChatFormat]:
     """Tokenizer (chat format resolved) and the RM to train, LoRA-wrapped if asked.
 
     Args:
-        base: a hub id or local folder (causal LM or RM) with its tokenizer.
+        base: a hub id or local folder (causal LM or RM) with its tokenizer;
+            None: a tiny GPT-NeoX RM of shape ``arch`` initialised from
+            torch's RNG (seed it first) on ``tokenizer``'s vocabulary.
         trust_remote_code: allow model code from the hub.
         chat_template: see :func:`pipelines.common.chat_format.setup_chat_format`.
         system_prompt: likewise.
         lora: keyword arguments of :func:`wrap_lora`, or None to train all
             weights.
+        tokenizer: the tokenizer folder or hub id when ``base`` is None.
+        arch: the shape of the model from scratch when ``base`` is None.
 
     Returns:
         The tokenizer, the model and the chat format.
+
+    Raises:
+        ValueError: neither ``base`` nor ``tokenizer``.
     """
-    tok = load_tokenizer(base, trust_remote_code=trust_remote_code)
+    if base is None and tokenizer is None:
+        raise ValueError("an RM needs a base model or a tokenizer (from scratch)")
+    source = base if base is not None else tokenizer
+    tok = load_tokenizer(source, trust_remote_code=trust_remote_code)
     fmt = setup_chat_format(
-        tok, base, chat_template=chat_template, system_prompt=system_prompt
+        tok, source, chat_template=chat_template, system_prompt=system_prompt
     )
-    model = load_reward_model(base, trust_remote_code=trust_remote_code)
+    if base is None:
+        model = init_tiny_reward_model(tok, arch=arch or TinyArch())
+    else:
+        model = load_reward_model(base, trust_remote_code=trust_remote_code)
     ensure_pad_embeddings(model, tok)
     if tok.pad_token_id == tok.eos_token_id:  # load_tokenizer prevents this
         raise ValueError("the RM pad token must differ from EOS")
@@ -82,7 +99,7 @@ def load_rm_base(
         model = wrap_lora(model, **lora)
     logger.info(
         "model %s: %d parameters, %d trainable (%s)",
-        base,
+        base or f"tiny GPT-NeoX from scratch on {tokenizer}",
         count_parameters(model),
         count_parameters(model, trainable_only=True),
         "LoRA + head" if lora is not None else "full",
