@@ -8,11 +8,17 @@ r"""Collect BoN curves of single RMs and ensembles into one table and plot.
 The CSV has one row per result file and draw size (the overall curve of
 :func:`pipelines.bon_estimate.bon_estimate`): ``name`` (the file stem, e.g.
 ``seed0``, ``ensemble_uwo``), ``aggregate``, ``n``, ``kl_bon``,
-``proxy_score``, ``gold_score``, ``n_prompts``. The plot has two panels, gold
-and proxy score against KL_bon (nats; n on a top axis): each single seeded RM
-is a thin grey line and their mean a dashed black one (the seed spread), each
-ensemble a thick line with its own colour, marker and dash; the legend sits
-below the panels, and a note says so when every gold curve coincides. The gold
+``proxy_score``, ``gold_score``, ``n_prompts``, then the curve's fit of Gao et
+al.'s best-of-n form (:mod:`pipelines.common.gao_fit`: ``gold(d) - gold(0) =
+d (alpha - beta d)``, ``d = sqrt(KL_bon)``, least squares): ``fit_alpha``,
+``fit_beta``, ``fit_r2``, ``fit_peak_kl`` (the KL where the fitted gold peaks;
+empty when ``beta <= 0``: no peak) and ``fit_gold`` (the fitted value at that
+n). The plot has two panels, gold and proxy score against KL_bon (nats; n on
+a top axis): each single seeded RM is a thin grey line and their mean a black
+one (the seed spread), each ensemble a thick line with its own colour and
+marker; on the gold panel each curve's fit is a dashed line of its colour. The
+legend sits below the panels, and a note says so when every gold curve
+coincides. The gold
 axis is labelled by what scored gold (``--gold``: the verifier's fraction of
 prompts correct, or a gold RM's logit). Over-optimisation shows as a gold curve
 that peaks and falls while the proxy curve keeps rising.
@@ -27,10 +33,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from pipelines.common.cli import handle_user_errors
 from pipelines.common.figures import pyplot, save_png
+from pipelines.common.gao_fit import GaoFit, fit_gao_bon
 from pipelines.common.io import atomic_open
 from pipelines.common.logs import setup_logging
 
@@ -47,12 +55,17 @@ COLUMNS = (
     "proxy_score",
     "gold_score",
     "n_prompts",
+    "fit_alpha",
+    "fit_beta",
+    "fit_r2",
+    "fit_peak_kl",
+    "fit_gold",
 )
+FIT_COLUMNS = ("fit_alpha", "fit_beta", "fit_r2", "fit_peak_kl")
 SINGLE = "single"
 VERIFIER = "verifier"
 THIN, THICK = 1.0, 2.4
 MARKERS = ("o", "s", "^", "D", "v", "P", "*", "X")
-LINESTYLES = ("-", "--", "-.", ":")
 
 
 def bon_rows(name: str, result: dict) -> list[dict]:
@@ -69,6 +82,53 @@ def bon_rows(name: str, result: dict) -> list[dict]:
         }
         for row in result["results"]
     ]
+
+
+def curve_fit(curve: pd.DataFrame) -> GaoFit | None:
+    """Gao et al.'s ``d (alpha - beta d)`` fitted to one curve's gold.
+
+    None when the curve cannot carry a fit (no n = 1 point, or fewer than two
+    points past it): its fit columns are then left empty.
+    """
+    try:
+        return fit_gao_bon(curve["kl_bon"].to_numpy(), curve["gold_score"].to_numpy())
+    except ValueError as err:
+        logger.warning("%s: no fit (%s)", curve["name"].iloc[0], err)
+        return None
+
+
+def add_fits(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with each curve's fit: coefficients, R^2, peak KL, fitted gold."""
+    table = table.copy()
+    for column in (*FIT_COLUMNS, "fit_gold"):
+        table[column] = np.nan
+    for name in dict.fromkeys(table["name"]):
+        rows = table["name"] == name
+        fit = curve_fit(table[rows])
+        if fit is None:
+            continue
+        for column in FIT_COLUMNS:
+            table.loc[rows, column] = getattr(fit, column.removeprefix("fit_"))
+        table.loc[rows, "fit_gold"] = fit.predict(table.loc[rows, "kl_bon"])
+    return table
+
+
+def _fit_line(ax, curve: pd.DataFrame, **style: object) -> None:
+    """The fitted gold as a dashed line over the curve's KL range."""
+    if "fit_alpha" not in curve or curve["fit_alpha"].isna().all():
+        return
+    first = curve.iloc[0]
+    fit = GaoFit(
+        alpha=first["fit_alpha"],
+        beta=first["fit_beta"],
+        r2=first["fit_r2"],
+        peak_kl=first["fit_peak_kl"],
+        peak_gain=np.nan,
+        offset=float(curve.loc[curve["n"].idxmin(), "gold_score"]),
+        n_points=len(curve),
+    )
+    grid = np.linspace(0.0, float(curve["kl_bon"].max()), 60)
+    ax.plot(grid, fit.predict(grid), ls="--", **style)
 
 
 def gold_label(gold: str) -> str:
@@ -94,6 +154,8 @@ def _style_singles(ax, table: pd.DataFrame, y: str, colors) -> None:
             ms=4,
             label=f"single RM, one line per seed ({len(names)})",
         )
+        if y == "gold_score":
+            _fit_line(ax, curve, color="grey", lw=0.8, alpha=0.8)
     if len(names) > 1:
         mean = singles.groupby("n", sort=True)[["kl_bon", y]].mean()
         ax.plot(
@@ -101,7 +163,6 @@ def _style_singles(ax, table: pd.DataFrame, y: str, colors) -> None:
             mean[y],
             color="black",
             lw=1.8,
-            ls="--",
             label=f"single RM, mean over {len(names)} seeds",
         )
 
@@ -119,9 +180,10 @@ def _style_ensembles(ax, table: pd.DataFrame, y: str, colors) -> None:
             alpha=0.85,
             marker=MARKERS[k % len(MARKERS)],
             ms=6,
-            ls=LINESTYLES[k % len(LINESTYLES)],
             label=f"ensemble {name.removeprefix('ensemble_')}",
         )
+        if y == "gold_score":
+            _fit_line(ax, curve, color=colors(k % 10), lw=1.2, alpha=0.9)
 
 
 def _n_axis(ax, table: pd.DataFrame) -> None:
@@ -181,6 +243,9 @@ def bon_figure(table: pd.DataFrame, gold: str = VERIFIER) -> Figure:
         axes[0].set_ylim(bottom=min(0.0, axes[0].get_ylim()[0]))
     handles, labels = axes[1].get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))  # one entry per seed group
+    if "fit_alpha" in table and not table["fit_alpha"].isna().all():
+        (fit_handle,) = axes[0].plot([], [], color="grey", ls="--", lw=1.0)
+        unique["gold fit d(alpha - beta d), d = sqrt(KL) (Gao et al.)"] = fit_handle
     fig.legend(  # below both panels: never over the data
         unique.values(),
         unique.keys(),
@@ -231,7 +296,7 @@ def report_bon(
         seen[name] = Path(path)
         with open(path, encoding="utf-8") as fh:
             rows.extend(bon_rows(name, json.load(fh)))
-    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    table = pd.DataFrame(rows, columns=list(COLUMNS[:7]))
     table = table.astype(
         {
             "n": "int64",
@@ -244,6 +309,7 @@ def report_bon(
     table["_ensemble"] = table["aggregate"] != SINGLE
     table = table.sort_values(["_ensemble", "name", "n"], kind="stable")
     table = table.drop(columns="_ensemble").reset_index(drop=True)
+    table = add_fits(table)
     with atomic_open(out_csv) as fh:
         table.to_csv(fh, index=False, float_format="%.6f")
     save_png(bon_figure(table, gold), Path(out_png))

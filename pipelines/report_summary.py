@@ -34,7 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -57,48 +57,20 @@ from pipelines.common.provenance import (
     model_record,
     versions_table,
 )
+from pipelines.common.rst import (
+    as_int,
+    as_stats,
+    fmt,
+    fmt_spread,
+    join,
+    list_table,
+    lit,
+    pick,
+    section,
+)
+from pipelines.common.summary_bon import bon_section
 
 logger = logging.getLogger(__name__)
-
-
-def fmt(value: float | None, digits: int = 3) -> str:
-    """A number as the page shows it (``—`` for missing)."""
-    if value is None or not np.isfinite(value):
-        return NOT_SET
-    return f"{value:.{digits}f}"
-
-
-def fmt_spread(stats: Mapping[str, float]) -> str:
-    """``mean ± SD`` (just the value when one seed)."""
-    if stats["k"] == 0:
-        return NOT_SET
-    if stats["k"] == 1:
-        return fmt(stats["value"])
-    return f"{fmt(stats['value'])} ± {fmt(stats['sd'])}"
-
-
-def list_table(title: str, header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    """An rst ``list-table`` (cells are plain text)."""
-    lines = [f".. list-table:: {title}", "   :header-rows: 1", ""]
-    for row in [header, *rows]:
-        cells = [str(c).replace("\n", " ") or NOT_SET for c in row]
-        lines.append(f"   * - {cells[0]}")
-        lines.extend(f"     - {c}" for c in cells[1:])
-    return "\n".join(lines) + "\n"
-
-
-def section(title: str, body: Sequence[str]) -> str:
-    """An rst section (``-`` underline) with blank-line separated blocks."""
-    return "\n".join([title, "-" * len(title), "", "\n\n".join(body), ""])
-
-
-def lit(text: object) -> str:
-    """``text`` as an rst inline literal, so ids and paths are never markup."""
-    return f"``{text}``"
-
-
-def _join(values: Iterable) -> str:
-    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
 
 def run_paragraph(config: Mapping) -> str:
@@ -106,22 +78,22 @@ def run_paragraph(config: Mapping) -> str:
     data, rm = config.get("data", {}), config.get("rm", {})
     bon, merge = config.get("bon", {}), config.get("merge", {})
     policy = config.get("models", {}).get("policy")
-    sizes = _join(f"{k} {v}" for k, v in sorted(data.get("sizes", {}).items()))
+    sizes = join(f"{k} {v}" for k, v in sorted(data.get("sizes", {}).items()))
     parts = [
         f"Preset **{config.get('preset', NOT_SET)}**; policy"
         f" {lit(policy) if policy else 'a GPT-NeoX model trained here'}.",
-        f"Domains {_join(data.get('domains', []))} ({sizes} pairs asked per"
+        f"Domains {join(data.get('domains', []))} ({sizes} pairs asked per"
         f" domain, data seed {data.get('seed', NOT_SET)}).",
-        f"Reward models trained on {_join(rm.get('trainsets', []))} with seeds"
-        f" {_join(rm.get('seeds', []))}.",
+        f"Reward models trained on {join(rm.get('trainsets', []))} with seeds"
+        f" {join(rm.get('seeds', []))}.",
     ]
     if bon:
         gen = bon.get("generate", {})
         gold = gen.get("gold_model")
         parts.append(
-            f"Best-of-n on {_join(bon.get('domains', []))}: {gen.get('big_n')}"
+            f"Best-of-n on {join(bon.get('domains', []))}: {gen.get('big_n')}"
             f" candidates for each of {gen.get('n_prompts')} prompts per domain,"
-            f" n in {{{_join(bon.get('sample_ns', []))}}}, ensembles of the"
+            f" n in {{{join(bon.get('sample_ns', []))}}}, ensembles of the"
             f" {bon.get('trainset')} RMs, gold"
             f" {lit(gold) if gold else 'the programmatic verifier'}."
         )
@@ -133,8 +105,8 @@ def run_paragraph(config: Mapping) -> str:
         )
         parts.append(
             f"DogeRM merges the {rm_name} RM with the"
-            f" {_join(merge['domains'])} LMs at LM weight w in"
-            f" {{{_join(merge.get('weights', []))}}}."
+            f" {join(merge['domains'])} LMs at LM weight w in"
+            f" {{{join(merge.get('weights', []))}}}."
         )
     return " ".join(parts)
 
@@ -144,16 +116,12 @@ def data_table(sizes: pd.DataFrame) -> str:
     wide = sizes.pivot_table(index="domain", columns="split", values="n", aggfunc="sum")
     order = [c for c in ("train", "test", "sft") if c in wide.columns]
     order += sorted(c for c in wide.columns if c not in order)
-    rows = [[d, *(_int(wide.loc[d, c]) for c in order)] for d in wide.index]
+    rows = [[d, *(as_int(wide.loc[d, c]) for c in order)] for d in wide.index]
     header = [
         "domain",
         *(f"{c} ({'examples' if c == 'sft' else 'pairs'})" for c in order),
     ]
     return list_table("Data as built (lines per file)", header, rows)
-
-
-def _int(value: float) -> str:
-    return NOT_SET if pd.isna(value) else str(int(value))
 
 
 def models_table(models: Sequence[dict]) -> str:
@@ -179,7 +147,7 @@ def models_table(models: Sequence[dict]) -> str:
                 first["arch"] or NOT_SET,
                 ", ".join(f"{p:,}" for p in params) or NOT_SET,
                 detail,
-                _join(seeds) or NOT_SET,
+                join(seeds) or NOT_SET,
             ]
         )
     header = [
@@ -193,13 +161,6 @@ def models_table(models: Sequence[dict]) -> str:
     return list_table("Models", header, rows)
 
 
-def _pick(rows: Sequence[dict], **match: str) -> dict | None:
-    for row in rows:
-        if all(row[k] == v for k, v in match.items()):
-            return row
-    return None
-
-
 def eval_section(rows: Sequence[dict]) -> str:
     """Accuracy table and a sentence per training set."""
     keys = list(dict.fromkeys((r["group"], r["item"]) for r in rows))
@@ -207,14 +168,14 @@ def eval_section(rows: Sequence[dict]) -> str:
     for group, bench in keys:
         cells = {}
         for name, _, _ in PAIR_GROUPS:
-            row = _pick(rows, group=group, item=bench, quantity=f"accuracy_{name}")
+            row = pick(rows, group=group, item=bench, quantity=f"accuracy_{name}")
             cells[name] = row
         seeds = max(r["n_seeds"] for r in cells.values() if r)
         table.append(
             [
                 lit(group),
                 lit(bench),
-                *(fmt_spread(_as_stats(cells[n])) for n, _, _ in PAIR_GROUPS),
+                *(fmt_spread(as_stats(cells[n])) for n, _, _ in PAIR_GROUPS),
                 " / ".join(
                     str(cells[n]["n"]) if cells[n] else NOT_SET
                     for n, _, _ in PAIR_GROUPS
@@ -260,70 +221,13 @@ def eval_section(rows: Sequence[dict]) -> str:
     )
 
 
-def _as_stats(row: dict | None) -> dict:
-    if row is None:
-        return {"k": 0}
-    return {"value": row["value"], "sd": row["sd"], "k": row["n_seeds"]}
-
-
-def bon_section(rows: Sequence[dict]) -> str:
-    """Proxy and gold at the largest n per objective, against gold at n=1."""
-    table = []
-    objectives = list(dict.fromkeys(r["group"] for r in rows))
-    for objective in objectives:
-        get = {
-            q: _pick(rows, group=objective, quantity=q)
-            for q in ("n", "kl_bon", "proxy", "gold", "gold_n1")
-        }
-        seeds = get["gold"]["n_seeds"]
-        label = lit(objective) + ("" if seeds == 1 else f" ({seeds} seeds)")
-        table.append(
-            [
-                label,
-                _int(get["n"]["max"]),
-                fmt(get["kl_bon"]["value"]),
-                fmt_spread(_as_stats(get["proxy"])),
-                fmt_spread(_as_stats(get["gold"])),
-                fmt_spread(_as_stats(get["gold_n1"])),
-            ]
-        )
-    golds = {o: _pick(rows, group=o, quantity="gold")["value"] for o in objectives}
-    best = max(golds.values())
-    winners = [o for o, g in golds.items() if np.isclose(g, best, rtol=0, atol=1e-9)]
-    sentence = (
-        f"Highest gold at the largest n: {fmt(best)} ({_join(map(lit, winners))})."
-        if len(winners) < len(golds)
-        else f"Every objective reaches the same gold at the largest n: {fmt(best)}."
-    )
-    header = [
-        "objective",
-        "n",
-        "KL_bon (nats)",
-        "proxy score",
-        "gold score",
-        "gold at n=1",
-    ]
-    return section(
-        "Best-of-n",
-        [
-            "Expected proxy and gold score of the candidate best-of-n picks"
-            " (unbiased estimator over the sampled candidates, mean over prompts)"
-            " at each objective's largest n; single RMs as mean ± SD over seeds."
-            " Gold rising with n is real improvement; proxy rising while gold"
-            " stalls or falls is over-optimisation. " + sentence,
-            list_table("Best-of-n at the largest n", header, table),
-            "Figure `bon.png`_, full table `bon.csv`_.",
-        ],
-    )
-
-
 def dogerm_section(rows: Sequence[dict]) -> str:
     """Score at w=0 and at the best weight per LM domain and benchmark."""
     table, better = [], 0
     items = list(dict.fromkeys((r["group"], r["item"]) for r in rows))
     for lm, item in items:
         get = {
-            q: _pick(rows, group=lm, item=item, quantity=q)["value"]
+            q: pick(rows, group=lm, item=item, quantity=q)["value"]
             for q in ("w0", "best_weight", "best")
         }
         gain = get["best"] - get["w0"]

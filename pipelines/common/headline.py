@@ -113,10 +113,17 @@ def bon_headline(bon_csv: Path) -> list[dict]:
 
     Returns:
         Rows ``n``, ``kl_bon``, ``proxy``, ``gold`` (at the largest n) and
-        ``gold_n1`` per objective; the single RMs (``aggregate == "single"``)
-        are one objective, ``single RM``, pooled over seeds.
+        ``gold_n1`` per objective, then where the measured gold is highest
+        (``gold_best`` and its ``n_gold_best``) and the Gao fit's ``fit_r2``
+        and ``fit_peak_kl`` (seeds whose fit has no peak are left out of it;
+        ``n_seeds`` counts the rest); the single RMs (``aggregate ==
+        "single"``) are one objective, ``single RM``, pooled over seeds.
     """
     table = _read_table(bon_csv, ("name", "aggregate"))
+    for column in ("fit_r2", "fit_peak_kl"):  # empty cells: no fit / no peak
+        if column not in table:
+            table[column] = np.nan
+        table[column] = pd.to_numeric(table[column], errors="coerce")
     table["objective"] = table["name"].where(
         table["aggregate"] != "single", "single RM"
     )
@@ -125,12 +132,17 @@ def bon_headline(bon_csv: Path) -> list[dict]:
         part = table[table["objective"] == objective]
         top = part.loc[part.groupby("name")["n"].idxmax()]
         first = part[part["n"] == part["n"].min()]
+        best = part.loc[part.groupby("name")["gold_score"].idxmax()]
         quantities = (
             ("n", top["n"]),
             ("kl_bon", top["kl_bon"]),
             ("proxy", top["proxy_score"]),
             ("gold", top["gold_score"]),
             ("gold_n1", first["gold_score"]),
+            ("gold_best", best["gold_score"]),
+            ("n_gold_best", best["n"]),
+            ("fit_r2", top["fit_r2"]),
+            ("fit_peak_kl", top["fit_peak_kl"]),
         )
         for quantity, values in quantities:
             rows.append(

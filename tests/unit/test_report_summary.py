@@ -343,7 +343,7 @@ def test_summary_page_renders_and_states_the_numbers(run):
     back = pd.read_csv(run["out_csv"])
     assert tuple(back.columns) == HEADLINE_COLUMNS
     assert (
-        len(back) == len(table) == 2 * 3 + 3 * 5 + 3 * 3
+        len(back) == len(table) == 2 * 3 + 3 * 9 + 3 * 3
     )  # benchmarks, objectives, items
     row = back[(back["item"] == "math-test") & (back["quantity"] == "accuracy_all")]
     assert row[["value", "sd", "n_seeds"]].values.tolist() == [[0.75, 0.25, 3]]
