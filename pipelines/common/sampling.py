@@ -202,10 +202,11 @@ def sample_texts(
 ) -> tuple[list[list[str]], int]:
     """Draw ``n`` replies per prompt, ``batch_size`` sequences per generate call.
 
-    The prompts are repeated ``n`` times in order and cut into batches, so one
-    call may mix prompts (left padding with an attention mask keeps them
-    apart). Each reply is cut at its first stop token and decoded without
-    special tokens.
+    The prompts are repeated ``n`` times, ordered by length (longest first,
+    ties in prompt order) and cut into batches: length-bucketed, so a call
+    that mixes prompts pads little (left padding with an attention mask keeps
+    them apart). Each reply is cut at its first stop token and decoded without
+    special tokens; ``texts[p]`` keeps the order the replies were drawn in.
 
     Args:
         model: the causal LM, on ``device``, in eval mode.
@@ -225,7 +226,8 @@ def sample_texts(
     import torch
 
     stops = stop_token_ids(model, tok)
-    jobs = [p for p in range(len(prompt_ids)) for _ in range(n)]
+    by_length = sorted(range(len(prompt_ids)), key=lambda p: -len(prompt_ids[p]))
+    jobs = [p for p in by_length for _ in range(n)]
     texts: list[list[str]] = [[] for _ in prompt_ids]
     new_tokens = 0
     for start in range(0, len(jobs), batch_size):
