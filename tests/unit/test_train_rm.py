@@ -35,6 +35,7 @@ from pipelines.common.modeling import (
     score_ids,
     train_tokenizer,
 )
+from pipelines.common.rm_data import without_spurious
 from pipelines.common.seeding import seed_everything
 from pipelines.common.training import (
     cosine_with_warmup,
@@ -698,3 +699,54 @@ def test_tiny_rm_learns_the_task_not_the_injected_features(
         # ... the new one, on the clean pairs, is not
         bar = max(0.65, max(r["shortcut_clean"].values()) + 0.05)
         assert r["rm_clean"] > bar, (domain, bar, r)
+
+
+# ------------------------------------------------ the gold RM: from scratch
+
+
+def test_from_scratch_rm_has_the_asked_shape_and_learns(data_dir, sft_base, tmp_path):
+    # the gold RM of the tiny preset: no base, a GPT-NeoX of its own size on
+    # the tokenizer, trained on clean chosen replies
+    tokenizer = str(sft_base.parent / "tokenizer")
+    cfg = replace(
+        QUICK,
+        max_steps=0,
+        epochs=2,
+        batch_size=16,
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=128,
+        clean_chosen=True,
+    )
+    pairs = [data_dir / "math" / "train.jsonl"]
+    out = tmp_path / "gold"
+    train_rm(pairs, None, out, seed=0, cfg=cfg, tokenizer=tokenizer)
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    assert model.config.hidden_size == 64 and model.config.num_hidden_layers == 3
+    assert model.config.num_labels == 1
+    run = json.loads((out / "run_config.json").read_text())
+    assert run["base"] == f"scratch:{tokenizer}"
+    assert run["config"]["clean_chosen"] is True
+    tok = AutoTokenizer.from_pretrained(out)
+    # learned from scratch: far above chance on held-out math pairs
+    assert _accuracy(model, tok, data_dir / "math" / "test.jsonl") > 0.75
+
+
+def test_clean_chosen_restores_the_reply_before_spurious_features(data_dir):
+    recs = read_jsonl(data_dir / "general" / "train.jsonl")
+    injected = [r for r in recs if "clean_chosen" in r["metadata"]["spurious"]]
+    plain = [r for r in recs if "clean_chosen" not in r["metadata"]["spurious"]]
+    assert injected and plain  # rates 0.3: both kinds are there
+    for rec in injected:
+        flags = rec["metadata"]["spurious"]
+        assert flags["politeness"] or flags["length_padding"]
+        clean = without_spurious(rec)
+        text, reply = clean["chosen"][-1]["content"], rec["chosen"][-1]["content"]
+        assert text == flags["clean_chosen"] and text != reply
+        assert text in reply  # build_prefs only adds an opener and padding
+        assert clean["rejected"] == rec["rejected"]
+        assert clean["chosen"][:-1] == rec["chosen"][:-1]
+    for rec in plain:
+        assert without_spurious(rec) == rec
+        assert not any(v is True for v in rec["metadata"]["spurious"].values())
