@@ -202,8 +202,10 @@ def test_uwo_target_dry_run_lists_only_its_ancestors(snakemake_workdir):
         "build_prefs": len(cfg["data"]["domains"]),  # the tokenizer reads every domain
         "train_tokenizer": 1,
         "train_sft": 1,  # the general policy only
+        "train_gold": 1,  # the gold RM: it labels the members' pairs ...
+        "label_gold": 1,  # ... of the policy's replies to train prompts
         "train_rm": n_seeds,  # the members, of bon.trainset only
-        "generate_candidates": n_bon,
+        "generate_candidates": n_bon,  # ... and scores their candidates
         "score_model": n_seeds,  # the members only: no merged model, no other RM
         "bon_ensemble": 1,
     }
@@ -456,3 +458,39 @@ def test_adding_a_benchmark_rescores_each_model_once_and_nothing_upstream(
         "report_summary": 1,
         "all": 1,
     }
+
+
+def test_a_gold_change_reruns_labels_proxies_and_bon_not_the_sft(
+    snakemake_workdir, tmp_path
+):
+    """The gold RM's settings reach the gold, the gold-labelled pairs, the
+    proxies trained on them and the candidates' gold; never the data, the
+    tokenizer or the SFT models, nor the RMs of other trainsets."""
+    work = snakemake_workdir
+    _as_if_built(work)
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    n_seeds = len(cfg["rm"]["seeds"])
+    for section, key, value in (
+        ("train", "learning_rate", 2.5e-4),  # the gold RM itself
+        ("label", "noise", 0.25),  # only the labels
+    ):
+        changed = copy.deepcopy(cfg)
+        changed["gold"][section][key] = value
+        path = tmp_path / f"{key}.yaml"
+        path.write_text(yaml.safe_dump(changed, sort_keys=False))
+        res = run_snakemake("-n", "all", workdir=work, configfile=path)
+        assert res.returncode == 0, res.stderr
+        jobs = _jobs(res.stdout)
+        assert not {"build_prefs", "train_tokenizer", "train_sft"} & set(jobs)
+        assert "merge_dogerm" not in jobs
+        assert jobs["label_gold"] == 1
+        assert jobs["train_rm"] == n_seeds  # the gold-labelled proxies only
+        rms = [b for r, b in _job_blocks(res.stdout) if r == "train_rm"]
+        assert all("trainset=gold-labelled" in b for b in rms)
+        assert {"bon_single", "bon_ensemble", "report_bon"} <= set(jobs)
+        if section == "train":
+            assert jobs["train_gold"] == 1
+            # the candidates carry the gold's scores: they are redone
+            assert jobs["generate_candidates"] == len(cfg["bon"]["domains"])
+        else:
+            assert "train_gold" not in jobs and "generate_candidates" not in jobs
