@@ -54,7 +54,7 @@ def build_world(tmp: Path, per_domain: int) -> tuple[str, list]:
     """A random-init policy folder and the prompts of the three test splits."""
     prompts, texts = [], []
     for domain in DOMAINS:
-        train, test = tmp / f"{domain}-train.jsonl", tmp / f"{domain}-test.jsonl"
+        train, test = tmp / domain / "train.jsonl", tmp / domain / "test.jsonl"
         build_prefs(
             domain,
             [train, test],
@@ -74,10 +74,10 @@ def build_world(tmp: Path, per_domain: int) -> tuple[str, list]:
 def load_prompts(per_domain: int, tmp: Path) -> list:
     prompts = []
     for domain in DOMAINS:
-        test = tmp / f"{domain}-test.jsonl"
+        test = tmp / domain / "test.jsonl"
         build_prefs(
             domain,
-            [tmp / f"{domain}-train.jsonl", test],
+            [tmp / domain / "train.jsonl", test],
             None,
             cfg=BuildPrefsConfig(sizes={"train": 1, "test": per_domain}, workers=1),
         )

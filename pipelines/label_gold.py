@@ -79,7 +79,7 @@ class LabelGoldConfig:
 
     sizes: dict = field_help(
         "prompts per output split taken from each --pairs file",
-        default_factory=lambda: {"train": 100, "test": 30},
+        default_factory=lambda: {"train": 80, "test": 20},
     )
     samples: int = field_help(
         "replies per prompt; consecutive replies pair up (even, >= 2)", default=2
@@ -97,7 +97,7 @@ class LabelGoldConfig:
     top_p: float = field_help("nucleus mass", default=1.0)
     max_new_tokens: int = field_help("tokens sampled per reply", default=128)
     batch_size: int = field_help(
-        "sequences per generate call and per gold forward pass", default=64
+        "sequences per generate call and per gold forward pass", default=16
     )
     max_length: int = field_help(
         "gold RM: maximum tokens per scored conversation (cut on the left)",
