@@ -108,6 +108,8 @@ def bon_estimate(
 
     The JSON (written atomically) holds:
 
+    - ``gold_spread``: the candidates' gold mean, SD, min, max, the mean SD
+      within a prompt and how many prompts' gold varies at all;
     - ``results``: ``[{n, proxy_score, gold_score, kl_bon, n_prompts}]`` over
       all prompts, ascending ``n`` (sizes above every prompt's N dropped);
     - ``per_domain``: ``{domain: [same rows]}`` over that domain's prompts;
@@ -185,6 +187,7 @@ def bon_estimate(
         "n_prompts": len(cands.prompt_ids),
         "n_candidates": len(cands.gold),
         "candidates_per_prompt": {"min": int(sizes.min()), "max": int(sizes.max())},
+        "gold_spread": gold_spread(cands.gold, cuts),
         "tie_rule": TIE_RULE,
         "per_domain": per_domain,
     }
@@ -202,6 +205,23 @@ def bon_estimate(
         out,
     )
     return report
+
+
+def gold_spread(gold: np.ndarray, cuts: np.ndarray) -> dict[str, float]:
+    """How much the gold varies: over all candidates and within a prompt.
+
+    A gold that does not vary among a prompt's candidates (a 0/1 verifier on
+    a policy that never solves the task) leaves best-of-n nothing to gain.
+    """
+    within = [float(np.std(g)) for g in np.split(gold, cuts)]
+    return {
+        "mean": float(np.mean(gold)),
+        "std": float(np.std(gold)),
+        "min": float(np.min(gold)),
+        "max": float(np.max(gold)),
+        "within_prompt_std": float(np.mean(within)),
+        "prompts_with_spread": int(sum(w > 0 for w in within)),
+    }
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,9 @@ the policy answers each prompt ``samples`` times; consecutive replies form
 pairs ``(0, 1), (2, 3)...``; the gold scores both and its preferred reply is
 ``chosen`` (:mod:`pipelines.common.gold_labels`: hard labels, or BT-sampled
 ones with ``--labels bt``; ``--noise`` flips that share of labels). Pairs of
-identical replies carry no preference and are dropped, as are hard-label ties.
+identical replies carry no preference and are dropped, as are hard-label ties
+and pairs with an empty reply (the policy stopped at once; the pair format has
+no empty messages).
 
 Prompts come from the ``--pairs`` files (each domain's *train* split), never
 one that appears in an ``--exclude`` file (the best-of-n and PPO evaluation
@@ -259,15 +261,17 @@ def build_records(
     """Pair consecutive replies, label them, and build the standard records.
 
     Returns:
-        Records per split, and counts of pairs dropped (identical replies,
-        ties) and flipped.
+        Records per split, and counts of pairs dropped (an empty reply,
+        identical replies, ties) and flipped.
     """
     candidates, at = [], 0
-    dropped = {"identical": 0, "tie": 0}
+    dropped = {"empty": 0, "identical": 0, "tie": 0}
     for split, rec, texts in lines:
         for k in range(0, len(texts), 2):
             pair = (texts[k], texts[k + 1]), (scores[at + k], scores[at + k + 1])
-            if texts[k].strip() == texts[k + 1].strip():
+            if not (texts[k].strip() and texts[k + 1].strip()):
+                dropped["empty"] += 1  # the pair format has no empty replies
+            elif texts[k].strip() == texts[k + 1].strip():
                 dropped["identical"] += 1
             elif cfg.labels == "hard" and pair[1][0] == pair[1][1]:
                 dropped["tie"] += 1

@@ -155,7 +155,9 @@ def _bon_rows(
         return []
     if not gens:
         raise ValueError("score files given but no gens files")
-    cands = load_candidates(gens)
+    # the first max(ns) candidates: all that first-n best-of-n reads, and all
+    # that score_model scores for a merged model (max_candidates)
+    cands = load_candidates(gens, limit=max(int(n) for n in ns))
     domains = sorted(set(cands.domains))
     rows: list[dict] = []
     seen: set[str] = set()

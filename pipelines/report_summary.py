@@ -73,6 +73,27 @@ from pipelines.common.summary_bon import bon_section
 logger = logging.getLogger(__name__)
 
 
+def gold_phrase(gold: Mapping) -> str:
+    """What the gold was, and how the gold-labelled pairs were made."""
+    if gold.get("kind") == "verifier":
+        return "the programmatic verifiers"
+    label = gold.get("label", {})
+    if gold.get("model"):
+        what = f"the RM {lit(gold['model'])}"
+    else:
+        train = gold.get("train", {})
+        what = (
+            f"an RM trained here ({train.get('hidden_size')} wide,"
+            f" {train.get('num_hidden_layers')} layers, on clean pairs)"
+        )
+    sizes = join(f"{k} {v}" for k, v in sorted(label.get("sizes", {}).items()))
+    return (
+        f"{what}, which also labelled {label.get('samples')} policy replies per"
+        f" prompt ({sizes} prompts per domain, {label.get('labels')} labels,"
+        f" noise {label.get('noise')}) for the gold-labelled RMs"
+    )
+
+
 def run_paragraph(config: Mapping) -> str:
     """What the config asked for, in one paragraph (values read from it)."""
     data, rm = config.get("data", {}), config.get("rm", {})
@@ -89,13 +110,11 @@ def run_paragraph(config: Mapping) -> str:
     ]
     if bon:
         gen = bon.get("generate", {})
-        gold = gen.get("gold_model")
         parts.append(
             f"Best-of-n on {join(bon.get('domains', []))}: {gen.get('big_n')}"
             f" candidates for each of {gen.get('n_prompts')} prompts per domain,"
             f" n in {{{join(bon.get('sample_ns', []))}}}, ensembles of the"
-            f" {bon.get('trainset')} RMs, gold"
-            f" {lit(gold) if gold else 'the programmatic verifier'}."
+            f" {bon.get('trainset')} RMs, gold {gold_phrase(config.get('gold', {}))}."
         )
     if merge.get("domains"):
         rm_name = (

@@ -160,7 +160,10 @@ def _read_gens(path: Path, settings: InputSettings) -> _Input:
     for row, value in iter_jsonl(path):
         if isinstance(value, LineProblem):
             raise RecordError(str(path), row, value.field, value.problem)
-        lines.append(_check_line(value, str(path), row))
+        line = _check_line(value, str(path), row)
+        if settings.max_candidates is not None:  # the first k of each prompt
+            line = {**line, "candidates": line["candidates"][: settings.max_candidates]}
+        lines.append(line)
     if not lines:
         raise ScoreInputError(f"{path}: no candidates")
     ids = [str(ln["prompt_id"]) for ln in lines]

@@ -641,10 +641,18 @@ def score_model_templates(wildcards):
     return files
 
 
-def _settings_json(section):
+def _settings_json(section, **extra):
     values = lookup(dpath=section, within=config)
     settings = {key: values[key] for key in INPUT_SETTINGS}
-    return shlex.quote(json.dumps(settings, sort_keys=True))
+    return shlex.quote(json.dumps({**settings, **extra}, sort_keys=True))
+
+
+def candidate_limit(model_id):
+    """A merged model scores only the first max(merge.bon_ns) candidates of a
+    prompt (all DogeRM's first-n best-of-n reads); BoN members score all."""
+    if model_id in bon_member_ids():
+        return {}
+    return {"max_candidates": max(int(n) for n in MERGE["bon_ns"])}
 
 
 def score_model_args(wildcards):
@@ -657,7 +665,8 @@ def score_model_args(wildcards):
     ]
     args.append(f"--pair-settings {_settings_json('eval')}")
     if scored_gens_domains(wildcards.model_id):
-        args.append(f"--candidate-settings {_settings_json('bon/score')}")
+        limit = candidate_limit(wildcards.model_id)
+        args.append(f"--candidate-settings {_settings_json('bon/score', **limit)}")
     return " ".join(args)
 
 

@@ -274,6 +274,7 @@ class Candidates:
     offsets: np.ndarray
     gold: np.ndarray
     files: tuple[Path, ...] = ()
+    limit: int | None = None  # only the first `limit` candidates of a prompt
 
     @property
     def sizes(self) -> np.ndarray:
@@ -281,12 +282,14 @@ class Candidates:
         return np.diff(self.offsets)
 
 
-def load_candidates(gens: Sequence[Path]) -> Candidates:
+def load_candidates(gens: Sequence[Path], limit: int | None = None) -> Candidates:
     """Read candidate files into one flat table of gold scores.
 
     Args:
         gens: JSONL files with one prompt per line (``prompt_id``, ``domain``,
             ``candidates`` with a ``gold`` score each).
+        limit: keep only the first ``limit`` candidates of each prompt (those
+            a store scored with ``max_candidates``); None keeps all.
 
     Returns:
         The flattened candidates.
@@ -310,7 +313,7 @@ def load_candidates(gens: Sequence[Path]) -> Candidates:
                 if pid in where:
                     raise ValueError(f"prompt_id {pid!r} in {where[pid]} and {path}")
                 where[pid] = Path(path)
-                cands = rec["candidates"]
+                cands = rec["candidates"][:limit]
                 if not cands:
                     raise ValueError(f"{path}: prompt {pid!r} has no candidates")
                 values = [c["gold"] for c in cands]
@@ -331,6 +334,7 @@ def load_candidates(gens: Sequence[Path]) -> Candidates:
         offsets,
         np.asarray(gold, dtype=np.float64),
         tuple(Path(p) for p in gens),
+        limit,
     )
 
 
@@ -388,6 +392,9 @@ def load_member_scores(path: Path, cands: Candidates, member_id: str) -> np.ndar
             table.loc[~known, "id"].nunique(),
         )
     table, pos = table[known], pos[known]
+    if cands.limit is not None:  # a store may hold more than the first `limit`
+        kept = table["cand_idx"].to_numpy() < cands.limit
+        table, pos = table[kept], pos[kept]
     idx = table["cand_idx"].to_numpy()
     sizes = cands.sizes[pos]
     bad = (idx < 0) | (idx >= sizes)

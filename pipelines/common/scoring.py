@@ -116,10 +116,19 @@ class InputSettings:
         default=None,
     )
 
+    max_candidates: int | None = field_help(
+        "candidate files: score only the first k candidates of each prompt"
+        " (DogeRM's first-n best-of-n reads no more than its largest n);"
+        " None: all",
+        default=None,
+    )
+
     def __post_init__(self) -> None:
         """Reject values the encoder cannot honour."""
         if self.max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {self.max_length}")
+        if self.max_candidates is not None and self.max_candidates < 1:
+            raise ValueError(f"max_candidates must be >= 1, got {self.max_candidates}")
         if self.truncation_side not in SIDES:
             raise ValueError(
                 f"truncation_side must be one of {SIDES}, got {self.truncation_side!r}"

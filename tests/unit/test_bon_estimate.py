@@ -159,6 +159,7 @@ def test_single_member_json(tmp_path, gens, scores):
         "n_candidates",
         "candidates_per_prompt",
         "tie_rule",
+        "gold_spread",
         "per_domain",
     }
     assert on_disk["aggregate"] == "single"
@@ -170,6 +171,13 @@ def test_single_member_json(tmp_path, gens, scores):
     assert on_disk["n_prompts"] == 4
     assert on_disk["n_candidates"] == 16
     assert on_disk["candidates_per_prompt"] == {"min": 3, "max": 5}
+    flat = np.concatenate([np.asarray(g, dtype=float) for g in GOLD.values()])
+    spread = on_disk["gold_spread"]
+    assert spread["std"] == pytest.approx(flat.std())
+    assert (spread["min"], spread["max"]) == (flat.min(), flat.max())
+    within = [np.std(g) for g in GOLD.values()]
+    assert spread["within_prompt_std"] == pytest.approx(np.mean(within))
+    assert spread["prompts_with_spread"] == sum(w > 0 for w in within)
     assert on_disk["tie_rule"] == TIE_RULE
     check_rows(on_disk["results"], expected_curve(MEMBERS["a"], cfg.sample_ns, GOLD))
     assert [r["n_prompts"] for r in on_disk["results"]] == [4, 4, 3, 1]  # 64 dropped

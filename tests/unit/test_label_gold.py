@@ -109,7 +109,7 @@ def test_labels_agree_with_the_gold_rm_scored_independently(world, tmp_path):
     records = splits["train"] + splits["test"]
     # 2 domains x (6 + 2) prompts, one pair each, less identical replies
     assert summary["pairs"] == {s: len(r) for s, r in splits.items()}
-    assert len(records) == 16 - summary["identical"] - summary["tie"]
+    assert len(records) == 16 - summary["empty"] - summary["identical"] - summary["tie"]
     assert len(splits["train"]) >= 10 and splits["test"]
     chosen = _gold_scores(world["gold"], [r["chosen"] for r in records])
     rejected = _gold_scores(world["gold"], [r["rejected"] for r in records])

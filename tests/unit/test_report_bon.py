@@ -87,3 +87,43 @@ def test_cli(results, tmp_path):
     assert main([*argv, "--out-png", str(png)]) == 0
     assert len(pd.read_csv(csv)) == 15
     assert png.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_each_curve_carries_gao_fit_of_known_coefficients(tmp_path):
+    # gold(n) = g0 + d (alpha - beta d), d = sqrt(KL_bon(n)): the fit must
+    # give back alpha and beta, the peak at (alpha / 2 beta)^2, R^2 = 1
+    ns = [1, 2, 4, 8, 16, 32, 64]
+    curves = {"seed0": (0.8, 0.3, -0.5), "ensemble_wco": (0.6, -0.05, 0.1)}
+    files = []
+    for name, (alpha, beta, g0) in curves.items():
+        rows = []
+        for n in ns:
+            kl = math.log(n) - (n - 1) / n
+            d = math.sqrt(kl)
+            gold = g0 + d * (alpha - beta * d)
+            rows.append(
+                {
+                    "n": n,
+                    "proxy_score": kl,
+                    "gold_score": gold,
+                    "kl_bon": kl,
+                    "n_prompts": 5,
+                }
+            )
+        agg = "single" if name.startswith("seed") else "wco"
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"results": rows, "aggregate": agg}))
+        files.append(path)
+    csv, png = tmp_path / "bon.csv", tmp_path / "bon.png"
+    report_bon(files, csv, png)
+    back = pd.read_csv(csv)
+    seed = back[back["name"] == "seed0"]
+    assert seed["fit_alpha"].unique() == pytest.approx([0.8], abs=1e-5)
+    assert seed["fit_beta"].unique() == pytest.approx([0.3], abs=1e-5)
+    assert seed["fit_r2"].unique() == pytest.approx([1.0], abs=1e-6)
+    assert seed["fit_peak_kl"].unique() == pytest.approx([(0.8 / 0.6) ** 2], 1e-4)
+    assert seed["fit_gold"].to_numpy() == pytest.approx(seed["gold_score"], abs=1e-5)
+    wco = back[back["name"] == "ensemble_wco"]
+    assert wco["fit_beta"].unique() == pytest.approx([-0.05], abs=1e-5)
+    assert wco["fit_peak_kl"].isna().all()  # never turns down: no peak
+    assert png.read_bytes().startswith(PNG_MAGIC)

@@ -25,7 +25,12 @@ from pipelines.common.modeling import (
     train_tokenizer,
 )
 from pipelines.common.records import RecordError, read_pairs
-from pipelines.common.score_store import read_metadata, read_rows
+from pipelines.common.score_store import (
+    load_candidates,
+    load_member_scores,
+    read_metadata,
+    read_rows,
+)
 from pipelines.common.scoring import InputSettings, ScorerConfig
 from pipelines.eval_rm import EvalConfig, eval_rm
 from pipelines.generate_candidates import GenerateConfig, generate_candidates
@@ -267,6 +272,7 @@ def test_store_rows_and_metadata(world, stores):
             "truncation_side": "left",
             "chat_template": None,
             "system_prompt": None,
+            "max_candidates": None,
         }
         recs = read_pairs(spec["path"])
         full = encode_conversations(tok, [r["chosen"] for r in recs], max_length=10_000)
@@ -545,3 +551,32 @@ def test_hub_inputs_and_unreadable_stores_are_scored_afresh(world, tmp_path):
     out.write_bytes(b"not parquet")
     got = score_model(rm, out, model_id="m", cfg=cfg, gens=world["gens"][1:])
     assert got["reused"] == [] and read_metadata(out)["model_id"] == "m"
+
+
+def test_max_candidates_scores_the_first_k_of_each_prompt(world, stores):
+    # a merged model of DogeRM scores only what first-n best-of-n reads
+    first = new_store(
+        world,
+        world["rms"][0],
+        "first-two",
+        benchmarks={},
+        candidate_settings=InputSettings(max_length=CAND_LEN, max_candidates=2),
+    )
+    part = read_rows(first)
+    full = read_rows(stores[0])
+    full = full[full["side"] == "candidate"]
+    expect = full[full["cand_idx"] < 2]
+    assert len(part) == len(expect) > 0 and part["cand_idx"].max() == 1
+    key = ["input", "id", "cand_idx"]
+    merged = part.merge(expect, on=key, suffixes=("", "_full"))
+    assert len(merged) == len(part)
+    np.testing.assert_allclose(merged["score"], merged["score_full"], atol=1e-6)
+    # read back against the first 2 candidates of each prompt; a store with
+    # more candidates reads the same through the limit
+    cands = load_candidates(world["gens"], limit=2)
+    assert (cands.sizes == 2).all()
+    np.testing.assert_allclose(
+        load_member_scores(first, cands, "first-two"),
+        load_member_scores(stores[0], cands, "rm-x-seed0"),
+        atol=1e-6,
+    )
