@@ -10,6 +10,7 @@ rule generate_candidates:
         "logs/generate_candidates/{domain}.log",
     benchmark:
         "results/benchmarks/generate_candidates/{domain}.tsv"
+    priority: 10
     conda:
         "../envs/train.yaml"
     threads: job_threads("generate_candidates")

@@ -8,6 +8,9 @@ rule train_gold:
         "logs/train_gold/train_gold.log",
     benchmark:
         "results/benchmarks/train_gold/train_gold.tsv"
+    # the over-optimisation chain (gold, labels, proxies, candidates) is the
+    # longest path of the tiny study: start it before DogeRM's domain LMs
+    priority: 20
     conda:
         "../envs/train.yaml"
     threads: job_threads("train_rm")
@@ -38,6 +41,7 @@ rule label_gold:
         "logs/label_gold/label_gold.log",
     benchmark:
         "results/benchmarks/label_gold/label_gold.tsv"
+    priority: 20
     conda:
         "../envs/train.yaml"
     threads: job_threads("generate_candidates")

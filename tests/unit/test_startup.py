@@ -47,6 +47,7 @@ MODEL_STAGES = (
     "train_sft",
     "train_rm",
     "generate_candidates",
+    "label_gold",
     "merge_dogerm",
     "score_model",
 )
