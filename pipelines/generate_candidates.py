@@ -243,7 +243,8 @@ def generate_candidates(
 
     Returns:
         Summary: counts, ``mean_gold`` by source, ``new_tokens``,
-        ``generation_seconds``, ``tokens_per_second``, ``truncated_prompts``
+        ``generation_seconds``, ``tokens_per_second``,
+        ``candidates_per_second`` (policy samples), ``truncated_prompts``
         and the ``gold`` kind.
 
     Raises:
@@ -346,6 +347,8 @@ def _summary(
         if any(c["source"] == s for c in flat)
     }
     rate = sampled.new_tokens / sampled.seconds if sampled.seconds > 0 else 0.0
+    sampled_n = sum(len(t) for t in sampled.texts)
+    per_s = sampled_n / sampled.seconds if sampled.seconds > 0 else 0.0
     summary = {
         "n_prompts": len(lines),
         "n_candidates": len(flat),
@@ -356,12 +359,13 @@ def _summary(
         "new_tokens": sampled.new_tokens,
         "generation_seconds": sampled.seconds,
         "tokens_per_second": rate,
+        "candidates_per_second": per_s,
         "truncated_prompts": sampled.truncated_prompts,
         "chat_format": sampled.chat_format.record(with_template=False),
     }
     logger.info(
         "%s: %d prompts, %d candidates %s; mean gold (%s) by source %s;"
-        " %d tokens sampled in %.2fs (%.0f tokens/s) -> %s",
+        " %d tokens sampled in %.2fs (%.0f tokens/s, %.1f candidates/s) -> %s",
         domain,
         summary["n_prompts"],
         summary["n_candidates"],
@@ -371,6 +375,7 @@ def _summary(
         sampled.new_tokens,
         sampled.seconds,
         rate,
+        per_s,
         out,
     )
     return summary

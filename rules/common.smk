@@ -463,6 +463,16 @@ def gold_labelled_targets():
     return expand(f"results/data/{GOLD_LABELLED}/{{split}}.jsonl", split=GOLD_SPLITS)
 
 
+def summary_gold_data():
+    """The gold-labelled pairs, for the summary page, when an RM learns them."""
+    return gold_labelled_targets() if GOLD_LABELLED in RM_TRAINSETS else []
+
+
+def summary_gold_model():
+    """The gold RM, for the summary page, when it is trained here."""
+    return [GOLD_TRAINED] if gold_model() == GOLD_TRAINED else []
+
+
 def _check_gold():
     if GOLD_LABELLED in RM_TRAINSETS and "train" not in GOLD_SPLITS:
         raise ValueError(

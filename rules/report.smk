@@ -94,8 +94,12 @@ rule report_dogerm:
 
 rule report_summary:
     input:
-        data=data_targets(),
-        models=[*sft_targets(), *map(model_path, rm_model_ids() + merged_model_ids())],
+        data=[*data_targets(), *summary_gold_data()],
+        models=[
+            *sft_targets(),
+            *summary_gold_model(),
+            *map(model_path, rm_model_ids() + merged_model_ids()),
+        ],
         evals=[*eval_targets(), *dogerm_evals()],
         eval_csv=rules.report_eval.output.csv,
         bon_csv=rules.report_bon.output.csv,

@@ -102,7 +102,10 @@ def model_record(folder: Path) -> dict:
         role, detail = "merged", f"{float(merge['lm_weight']):g}"
         source = [str(merge["rm"]), str(merge["lm"])]
     elif run.get("stage") == "train_rm":
-        role, source = "rm", [str(run.get("base"))]
+        # results/models/gold is the gold RM; results/models/rm/<set>/seed<k>
+        # the seeded RMs, grouped by training set
+        role = "gold" if folder.name == "gold" else "rm"
+        source = [str(run.get("base"))]
         detail = f"{run['n_pairs_trained']} pairs{times}"
     else:
         role = "sft"
@@ -112,7 +115,7 @@ def model_record(folder: Path) -> dict:
     shape = f"{layers} layers x {hidden}" if layers and hidden else ""
     return {
         "folder": str(folder),
-        "group": str(folder if role == "sft" else folder.parent),
+        "group": str(folder if role in ("sft", "gold") else folder.parent),
         "role": role,
         "arch": " ".join(x for x in (arch.get("model_type", ""), shape) if x),
         "parameters": safetensors_parameters(folder),
