@@ -7,15 +7,19 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from pipelines.build_prefs import BuildPrefsConfig
+from pipelines.common.modeling import TinyArchFields
 from pipelines.common.scoring import InputSettings, ScorerConfig
 from pipelines.eval_rewardbench import EvalRewardBenchConfig
 from pipelines.eval_rm import EvalConfig
 from pipelines.generate_candidates import GenerateConfig
+from pipelines.label_gold import LabelGoldConfig
 from pipelines.train_rm import TrainRMConfig
 from pipelines.train_sft import TrainSFTConfig
 from pipelines.train_tokenizer import TrainTokenizerConfig
 
 from .conftest import ROOT, TINY_CONFIG
+
+TINY_ARCH = {f.name for f in fields(TinyArchFields)}
 
 SCHEMA = str(ROOT / "workflow_config.schema.yaml")
 
@@ -93,10 +97,15 @@ def test_chat_format_and_over_length_keys(path, value, ok):
         ("data", BuildPrefsConfig, {"source", "workers"}),  # data.sources; threads
         ("tokenizer", TrainTokenizerConfig, set()),
         ("sft", TrainSFTConfig, set()),
-        ("rm", TrainRMConfig, set()),
+        # the shape of a model from scratch and clean_chosen belong to the gold
+        # RM (gold.train, rule train_gold), never to the seeded RMs
+        ("rm", TrainRMConfig, {*TINY_ARCH, "clean_chosen"}),
         ("eval", EvalConfig, set()),
-        ("bon/generate", GenerateConfig, set()),
-        ("bon/score", InputSettings, set()),
+        # gold_model: from the gold section (gold.kind, gold.model)
+        ("bon/generate", GenerateConfig, {"gold_model"}),
+        # max_candidates: the rules set it for DogeRM merged models
+        ("bon/score", InputSettings, {"max_candidates"}),
+        ("gold/label", LabelGoldConfig, {"workers"}),  # workers: threads
         ("score", ScorerConfig, set()),
         # python: not science; xstest_weights: one key for both evaluators,
         # eval.xstest_weights, which the eval_rewardbench rule passes
@@ -125,5 +134,6 @@ def test_dataclass_defaults_equal_schema_defaults(section, cls, not_in_schema):
         "benchmarks",
         "enabled",
         "models",
+        "seed",  # gold.label.seed: the stage's --seed
     }
     assert set(props) - names - workflow_keys == set()
