@@ -27,9 +27,11 @@ NO_CONDA = ("--sdm", "env-modules")
 GPU_RULES = {
     "train_sft",
     "train_rm",
+    "train_gold",
     "score_model",
     "eval_rewardbench",
     "generate_candidates",
+    "label_gold",
 }
 # Torch-free and seconds long: run by Snakemake itself, never queued on Slurm.
 LOCAL_RULES = ("all", "report_", "bon_", "eval_rm")
