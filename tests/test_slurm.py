@@ -67,6 +67,9 @@ def one_rm_config(path: Path) -> Path:
     only_domain(cfg, "general")
     cfg["rm"]["seeds"] = [0]
     cfg["sft"]["epochs"] = 1
+    # the verifier as gold: the candidates the RM scores need no gold RM (the
+    # gold chain is tested in tests/test_workflow.py)
+    cfg["gold"]["kind"] = "verifier"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
