@@ -243,20 +243,29 @@ def test_report_opens_on_what_was_run_and_the_headline_numbers(tiny_run, browser
     )["versions"]
     assert f"torch {versions['torch']}" in text
     # evaluation: per benchmark, mean ± SD over seeds, from the eval JSONs
-    (trainset,) = cfg["rm"]["trainsets"]
-    for domain in cfg["data"]["domains"]:
-        results = [
-            json.loads(
-                (
-                    tiny_run / f"results/eval/rm-{trainset}-seed{s}/{domain}-test.json"
-                ).read_text()
-            )
-            for s in cfg["rm"]["seeds"]
-        ]
-        cells = [fmt([r["accuracy"] for r in results])]
-        for group in ("clean", "spurious"):
-            cells.append(fmt([r["spurious_split"][group]["accuracy"] for r in results]))
-        assert f"{trainset} {domain}-test {' '.join(cells)}" in text
+    for trainset in cfg["rm"]["trainsets"]:
+        for domain in cfg["data"]["domains"]:
+            results = [
+                json.loads(
+                    (
+                        tiny_run
+                        / f"results/eval/rm-{trainset}-seed{s}/{domain}-test.json"
+                    ).read_text()
+                )
+                for s in cfg["rm"]["seeds"]
+            ]
+            cells = [fmt([r["accuracy"] for r in results])]
+            for group in ("clean", "spurious"):
+                split = [r["spurious_split"][group]["accuracy"] for r in results]
+                cells.append(fmt(split))
+            assert f"{trainset} {domain}-test {' '.join(cells)}" in text
+    # the gold-labelled pairs and the gold RM are listed with what was run
+    gold = [
+        sum(1 for _ in open(tiny_run / f"results/data/gold-labelled/{s}.jsonl"))
+        for s in ("train", "test")
+    ]
+    assert f"gold-labelled {gold[0]} {gold[1]}" in text
+    assert "gold results/models/gold" in text
     # best-of-n: gold at the largest n, single RMs pooled over seeds
     top = max(cfg["bon"]["sample_ns"])
 
