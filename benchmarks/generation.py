@@ -94,39 +94,32 @@ def pad_share(lengths: list[int], batch_size: int) -> float:
     return 1.0 - sum(lengths) / padded
 
 
+def _generate(policy, seqs, kwargs) -> None:
+    """One ``generate`` call on left-padded prompts, stopping at EOS."""
+    ids, mask = left_pad(seqs, policy.tok.pad_token_id, policy.device)
+    with torch.no_grad():
+        policy.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            pad_token_id=policy.tok.pad_token_id,
+            eos_token_id=stop_token_ids(policy.model, policy.tok),
+            **kwargs,
+        )
+
+
 def one_at_a_time(policy, prompt_ids, jobs, kwargs) -> int:
     """The peer: one ``generate`` call per candidate; returns candidates made."""
-    stops = stop_token_ids(policy.model, policy.tok)
     for p in jobs:
-        ids, mask = left_pad([prompt_ids[p]], policy.tok.pad_token_id, policy.device)
-        with torch.no_grad():
-            policy.model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                pad_token_id=policy.tok.pad_token_id,
-                eos_token_id=stops,
-                **kwargs,
-            )
+        _generate(policy, [prompt_ids[p]], kwargs)
     return len(jobs)
 
 
 def in_prompt_order(policy, prompt_ids, n, batch_size, kwargs) -> int:
     """Batched without bucketing: repeated prompts as they come."""
-    stops = stop_token_ids(policy.model, policy.tok)
     jobs = [p for p in range(len(prompt_ids)) for _ in range(n)]
     for start in range(0, len(jobs), batch_size):
         rows = jobs[start : start + batch_size]
-        ids, mask = left_pad(
-            [prompt_ids[p] for p in rows], policy.tok.pad_token_id, policy.device
-        )
-        with torch.no_grad():
-            policy.model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                pad_token_id=policy.tok.pad_token_id,
-                eos_token_id=stops,
-                **kwargs,
-            )
+        _generate(policy, [prompt_ids[p] for p in rows], kwargs)
     return len(jobs)
 
 
