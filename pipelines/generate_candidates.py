@@ -192,14 +192,13 @@ def _gold_scores(
         return gold, f"verifier:{domain}"
     from pipelines.common.scoring import (
         ScorerConfig,
-        ScoringInput,
         candidate_conversations,
-        load_scorer,
-        score_inputs,
+        score_with_gold,
     )
 
-    scorer = load_scorer(
+    gold = score_with_gold(
         cfg.gold_model,
+        [c for ln in lines for c in candidate_conversations(ln)],
         ScorerConfig(
             batch_size=cfg.batch_size,
             dtype=cfg.dtype,
@@ -207,12 +206,6 @@ def _gold_scores(
             trust_remote_code=cfg.trust_remote_code,
         ),
     )
-    convs = [c for ln in lines for c in candidate_conversations(ln)]
-    gold = score_inputs(scorer, [ScoringInput("gold", convs)], what="gold")["gold"]
-    if gold.n_truncated:
-        logger.warning(
-            "gold model: %d of %d candidates truncated", gold.n_truncated, len(convs)
-        )
     gold_format = gold.chat_format.record(with_template=False)
     for line in lines:
         line["gold_chat_format"] = gold_format

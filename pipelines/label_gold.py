@@ -184,33 +184,24 @@ def _gold_model_scores(
     lines: list[tuple[dict, list[str]]], gold_model: str, cfg: LabelGoldConfig
 ) -> tuple[np.ndarray, dict]:
     """The gold RM's score of every reply (flat, line order) and its record."""
-    from pipelines.common.scoring import (
-        InputSettings,
-        ScorerConfig,
-        ScoringInput,
-        load_scorer,
-        score_inputs,
-    )
+    from pipelines.common.scoring import InputSettings, ScorerConfig, score_with_gold
 
-    scorer = load_scorer(
+    convs = [
+        [*rec["prompt"], {"role": "assistant", "content": text}]
+        for rec, texts in lines
+        for text in texts
+    ]
+    gold = score_with_gold(
         gold_model,
+        convs,
         ScorerConfig(
             batch_size=cfg.batch_size,
             dtype=cfg.dtype,
             device=cfg.device,
             trust_remote_code=cfg.trust_remote_code,
         ),
+        InputSettings(max_length=cfg.max_length, truncation_side="left"),
     )
-    convs = [
-        [*rec["prompt"], {"role": "assistant", "content": text}]
-        for rec, texts in lines
-        for text in texts
-    ]
-    settings = InputSettings(max_length=cfg.max_length, truncation_side="left")
-    scored = score_inputs(scorer, [ScoringInput("gold", convs, settings)], what="gold")
-    gold = scored["gold"]
-    if gold.n_truncated:
-        logger.warning("gold: %d of %d replies truncated", gold.n_truncated, len(convs))
     record = {
         "kind": f"model:{gold_model}",
         "chat_format": gold.chat_format.record(with_template=False),

@@ -387,6 +387,31 @@ def score_inputs(
     return out
 
 
+def score_with_gold(
+    model: str,
+    conversations: Sequence[Sequence[Mapping[str, str]]],
+    cfg: ScorerConfig,
+    settings: InputSettings | None = None,
+) -> Scored:
+    """The gold RM's score of each conversation: one load, one pooled pass.
+
+    Used where the gold scores what a stage just sampled (best-of-n
+    candidates, the replies of gold-labelled pairs); the gold RM scores under
+    its own chat format (its ``run_config.json``). Truncations are logged.
+    """
+    scorer = load_scorer(model, cfg)
+    item = ScoringInput("gold", conversations, settings or InputSettings())
+    gold = score_inputs(scorer, [item], what="gold")["gold"]
+    if gold.n_truncated:
+        logger.warning(
+            "gold model %s: %d of %d conversations truncated",
+            model,
+            gold.n_truncated,
+            len(conversations),
+        )
+    return gold
+
+
 def candidate_conversations(line: Mapping) -> list[list[dict[str, str]]]:
     """One conversation per candidate of a gens line: its prompt, then the reply."""
     prompt = list(line["prompt"])
