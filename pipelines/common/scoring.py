@@ -387,6 +387,32 @@ def score_inputs(
     return out
 
 
+def score_conversations(
+    scorer: Scorer,
+    conversations: Sequence[Sequence[Mapping[str, str]]],
+    settings: InputSettings,
+) -> Scored:
+    """Score a small batch without progress lines (a PPO step's rollouts).
+
+    The same encoding and length-sorted batches as :func:`score_inputs`, for a
+    caller that scores many small batches with one loaded model.
+    """
+    from pipelines.common.modeling import score_ids
+
+    ids, truncated, fmt = _encode(
+        scorer, ScoringInput("batch", conversations, settings)
+    )
+    scores = score_ids(
+        scorer.model,
+        ids,
+        pad_id=scorer.tok.pad_token_id,
+        batch_size=scorer.cfg.batch_size,
+        sort_by_length=True,
+        device=scorer.device,
+    )
+    return Scored(scores=scores, truncated=truncated, chat_format=fmt)
+
+
 def score_with_gold(
     model: str,
     conversations: Sequence[Sequence[Mapping[str, str]]],
