@@ -175,8 +175,8 @@ def ppo_loss(
         approx_kl = masked_mean(ratio - 1 - log_ratio, mask)
     return LossTerms(
         loss=policy_loss + vf_coef * value_loss,
-        policy_loss=float(policy_loss),
-        value_loss=float(value_loss),
+        policy_loss=float(policy_loss.detach()),
+        value_loss=float(value_loss.detach()),
         clip_fraction=float(clipped),
         approx_kl=float(approx_kl),
     )
