@@ -6,6 +6,7 @@ r"""The report's opening page: what was run and each study's headline numbers.
         --evals results/eval/rm-math-seed0/math-test.json ... \
         --eval-csv results/report/eval.csv --bon-csv results/report/bon.csv \
         --dogerm-csv results/report/dogerm.csv \
+        --ppo-table results/report/ppo_summary.csv \
         --out-rst results/report/summary.rst --out-csv results/report/headline.csv \
         --out-config results/report/config.yaml
 
@@ -23,7 +24,10 @@ Every number on the page is read or computed from result files, never typed:
   (for the single RMs, mean ± SD over seeds);
 * DogeRM: per merged LM domain and benchmark (accuracy) or gens domain
   (best-of-n gold at the largest n), the score at w=0 (the plain RM) and the
-  best weight (ties to the smallest w).
+  best weight (ties to the smallest w);
+* PPO: per objective, KL, proxy and gold from step 0 to the last step, gold's
+  peak, whether gold falls while the proxy rises, and the ensembles' final
+  gold against the single RM's (mean ± SD over seeds).
 
 The same headline numbers go to ``--out-csv`` (one row each, full precision).
 A study whose table is not given is left out.
@@ -48,6 +52,7 @@ from pipelines.common.headline import (
     bon_headline,
     dogerm_headline,
     eval_headline,
+    ppo_headline,
 )
 from pipelines.common.io import atomic_open
 from pipelines.common.logs import setup_logging
@@ -69,6 +74,7 @@ from pipelines.common.rst import (
     section,
 )
 from pipelines.common.summary_bon import bon_section
+from pipelines.common.summary_ppo import ppo_section
 
 logger = logging.getLogger(__name__)
 
@@ -313,6 +319,7 @@ def report_summary(
     out_rst: Path,
     out_csv: Path,
     out_config: Path,
+    ppo_table: Path | None = None,
 ) -> pd.DataFrame:
     """Write the opening page, its headline numbers and the config used.
 
@@ -327,6 +334,7 @@ def report_summary(
         out_rst: the page (reStructuredText, included by report/workflow.rst).
         out_csv: the headline numbers (columns :data:`HEADLINE_COLUMNS`).
         out_config: ``config`` as YAML.
+        ppo_table: ``report_ppo``'s summary table, or None.
 
     Returns:
         The headline table.
@@ -342,6 +350,7 @@ def report_summary(
         (eval_csv, eval_headline, eval_section),
         (bon_csv, bon_headline, bon_section),
         (dogerm_csv, dogerm_headline, dogerm_section),
+        (ppo_table, ppo_headline, ppo_section),
     ):
         if path is None:
             continue
@@ -382,7 +391,7 @@ def make_parser() -> argparse.ArgumentParser:
         ("--evals", "eval JSON files"),
     ):
         parser.add_argument(flag, nargs="*", type=Path, default=[], help=what)
-    for flag in ("--eval-csv", "--bon-csv", "--dogerm-csv"):
+    for flag in ("--eval-csv", "--bon-csv", "--dogerm-csv", "--ppo-table"):
         parser.add_argument(flag, type=Path, help="a study's report table")
     parser.add_argument("--out-rst", type=Path, required=True, help="page to write")
     parser.add_argument("--out-csv", type=Path, required=True, help="CSV to write")
@@ -408,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         out_rst=args.out_rst,
         out_csv=args.out_csv,
         out_config=args.out_config,
+        ppo_table=args.ppo_table,
     )
     return 0
 

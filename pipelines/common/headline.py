@@ -1,10 +1,11 @@
 """Each study's headline numbers, computed from its report table.
 
 One row per number (columns :data:`HEADLINE_COLUMNS`): ``study`` (eval, bon,
-dogerm), ``group`` (RM training set, best-of-n objective, merged LM domain),
-``item`` (benchmark, ``n=...``, metric and benchmark), ``quantity``, the value
-(a mean over seeds where there are several) with its sample SD (empty for one
-seed), min, max, the number of seeds and ``n`` (pairs or prompts).
+dogerm, ppo), ``group`` (RM training set, best-of-n or PPO objective, merged LM
+domain), ``item`` (benchmark, ``n=...``, metric and benchmark, ``step=...``),
+``quantity``, the value (a mean over seeds where there are several) with its
+sample SD (empty for one seed), min, max, the number of seeds and ``n`` (pairs
+or prompts).
 """
 
 from __future__ import annotations
@@ -197,4 +198,71 @@ def dogerm_headline(dogerm_csv: Path) -> list[dict]:
                         "n": int(best["n"]),
                     }
                 )
+    return rows
+
+
+# PPO quantities: (headline name, ppo_summary column) pooled over the seeds'
+# own curves, then those read off the mean curve (the peak of a mean is not the
+# mean of the seeds' peaks)
+PPO_OVER_SEEDS = (
+    ("kl_start", "kl_start"),
+    ("kl", "kl_final"),
+    ("proxy_start", "proxy_start"),
+    ("proxy", "proxy_final"),
+    ("proxy_rise", "proxy_rise"),
+    ("gold_start", "gold_start"),
+    ("gold", "gold_final"),
+    ("gold_change", "gold_change"),
+)
+PPO_OF_MEAN = (
+    ("gold_peak", "gold_peak"),
+    ("step_gold_peak", "step_gold_peak"),
+    ("kl_gold_peak", "kl_gold_peak"),
+    ("gold_falls", "gold_falls_while_proxy_rises"),
+    ("fit_beta", "fit_beta"),
+    ("fit_r2", "fit_r2"),
+    ("fit_peak_kl", "fit_peak_kl"),
+)
+
+
+def ppo_headline(ppo_table: Path) -> list[dict]:
+    """Start, peak and end of each PPO objective's curve.
+
+    Args:
+        ppo_table: the summary of :func:`pipelines.report_ppo.report_ppo`.
+
+    Returns:
+        Per objective (item ``step=<last step>``): :data:`PPO_OVER_SEEDS` as
+        mean, SD, min and max over the seeds' curves; :data:`PPO_OF_MEAN` of
+        the curve of means (``sd`` empty; ``gold_falls`` 1 or 0, whether gold
+        ends below its peak while the proxy ends above its value there); and
+        ``seeds_gold_falls``, how many seeds' own curves do so.
+    """
+    table = _read_table(ppo_table, ("objective", "seed"))
+    falls = table.pop("gold_falls_while_proxy_rises").astype(str).str.lower()
+    for column in table.columns.drop(["objective", "seed"]):  # "" = NaN
+        table[column] = pd.to_numeric(table[column], errors="coerce")
+    table["gold_falls_while_proxy_rises"] = (falls == "true").astype(float)
+    rows = []
+    for objective in dict.fromkeys(table["objective"]):
+        part = table[table["objective"] == objective]
+        seeds, mean = part[part["seed"] != "mean"], part[part["seed"] == "mean"].iloc[0]
+        common = {
+            "study": "ppo",
+            "group": objective,
+            "item": f"step={int(mean['last_step'])}",
+            "n": int(mean["n_samples"]),
+        }
+        for quantity, column in PPO_OVER_SEEDS:
+            stats = mean_sd(seeds[column].astype(float).tolist())
+            rows.append({**common, "quantity": quantity, **_stats_fields(stats)})
+        for quantity, column in (
+            *PPO_OF_MEAN,
+            ("seeds_gold_falls", "gold_falls_while_proxy_rises"),
+        ):
+            value = float(
+                seeds[column].sum() if quantity == "seeds_gold_falls" else mean[column]
+            )
+            stats = {**mean_sd([value]), "k": len(seeds)}
+            rows.append({**common, "quantity": quantity, **_stats_fields(stats)})
     return rows

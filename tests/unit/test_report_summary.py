@@ -17,6 +17,7 @@ from pipelines.common.headline import (
     bon_headline,
     dogerm_headline,
     eval_headline,
+    ppo_headline,
 )
 from pipelines.common.provenance import (
     data_sizes,
@@ -27,6 +28,7 @@ from pipelines.common.provenance import (
 from pipelines.report_bon import report_bon
 from pipelines.report_dogerm import COLUMNS as DOGERM_COLUMNS
 from pipelines.report_eval import report_eval
+from pipelines.report_ppo import report_ppo
 from pipelines.report_summary import main, report_summary
 
 from ..conftest import ROOT
@@ -34,6 +36,7 @@ from ..conftest import ROOT
 # the names the page links to; Snakemake defines them for every registered file
 REPORT_FILES = (
     "eval.png eval.csv bon.png bon.csv dogerm.png dogerm.csv config.yaml headline.csv"
+    " ppo.png ppo.csv ppo_summary.csv"
 )
 
 
@@ -109,9 +112,22 @@ def bon_json(path, aggregate, golds, proxies):
     return path
 
 
+def ppo_jsonl(path, objective, seed, kl, proxy, gold):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, (k, p, g) in enumerate(zip(kl, proxy, gold, strict=True)):
+        rec = {"objective": objective, "seed": seed, "step": 10 * i, "episodes": i}
+        rec |= {"kl": k, "kl_k3": k, "kl_original": k, "kl_coef": 0.1}
+        rec |= {"proxy": p, "gold": g, "ensemble_variance": None}
+        rec |= {"rollout_reward": None, "samples": [{}] * 5}
+        lines.append(json.dumps(rec))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 @pytest.fixture
 def run(tmp_path):
-    """A finished tiny run: data, models, evals, and the three study tables."""
+    """A finished tiny run: data, models, evals, and the four study tables."""
     res = tmp_path / "results"
     for domain in ("general", "math"):
         write_jsonl(res / f"data/{domain}/train.jsonl", 3, blank=2)
@@ -196,6 +212,27 @@ def run(tmp_path):
     pd.DataFrame(rows, columns=list(DOGERM_COLUMNS)).to_csv(
         report / "dogerm.csv", index=False
     )
+    ppo = res / "ppo"
+    ppo_files = [
+        ppo_jsonl(ppo / "s0.jsonl", "single", 0, [0, 1, 4], [1, 2, 3], [0.1, 0.5, 0.3]),
+        ppo_jsonl(
+            ppo / "s1.jsonl", "single", 1, [0, 1, 2], [1, 2, 3.4], [0.3, 0.7, 0.5]
+        ),
+        ppo_jsonl(
+            ppo / "m0.jsonl",
+            "ensemble_mean",
+            0,
+            [0, 1, 3],
+            [0.5, 1, 1.5],
+            [0.2, 0.6, 0.9],
+        ),
+    ]
+    report_ppo(
+        ppo_files,
+        report / "ppo.csv",
+        report / "ppo_summary.csv",
+        report / "ppo.png",
+    )
     config = yaml.safe_load((ROOT / "tests/config/tiny.yaml").read_text())
     return {
         "config": config,
@@ -205,6 +242,7 @@ def run(tmp_path):
         "eval_csv": report / "eval.csv",
         "bon_csv": report / "bon.csv",
         "dogerm_csv": report / "dogerm.csv",
+        "ppo_table": report / "ppo_summary.csv",
         "out_rst": tmp_path / "out/summary.rst",
         "out_csv": tmp_path / "out/headline.csv",
         "out_config": tmp_path / "out/config.yaml",
@@ -312,6 +350,24 @@ def test_dogerm_headline_without_a_plain_rm(tmp_path):
     assert np.isnan(rows["w0"]) and rows["best_weight"] == 0.5
 
 
+def test_ppo_headline_means_over_seeds_and_the_mean_curve(run):
+    rows = {(r["group"], r["quantity"]): r for r in ppo_headline(run["ppo_table"])}
+    gold = rows["single", "gold"]
+    # seeds end at 0.3 and 0.5: mean 0.4, sample SD 0.1 * sqrt(2)
+    assert (gold["value"], gold["sd"]) == pytest.approx((0.4, 0.1 * 2**0.5))
+    assert (gold["n_seeds"], gold["item"], gold["n"]) == (2, "step=20", 5)
+    assert rows["single", "kl"]["value"] == pytest.approx(3.0)
+    assert rows["single", "proxy_rise"]["value"] == pytest.approx(2.2)
+    # the mean curve 0.2, 0.6, 0.4 peaks at step 10; both seeds' curves fall
+    assert rows["single", "gold_peak"]["value"] == pytest.approx(0.6)
+    assert np.isnan(rows["single", "gold_peak"]["sd"])
+    assert rows["single", "step_gold_peak"]["value"] == 10
+    assert rows["single", "gold_falls"]["value"] == 1.0
+    assert rows["single", "seeds_gold_falls"]["value"] == 2.0
+    assert rows["ensemble_mean", "gold_falls"]["value"] == 0.0
+    assert rows["ensemble_mean", "gold"]["n_seeds"] == 1
+
+
 def test_summary_page_renders_and_states_the_numbers(run):
     table = report_summary(**run)
     html = render(run["out_rst"].read_text())
@@ -342,9 +398,38 @@ def test_summary_page_renders_and_states_the_numbers(run):
     # the headline CSV holds the same numbers at full precision
     back = pd.read_csv(run["out_csv"])
     assert tuple(back.columns) == HEADLINE_COLUMNS
+    # PPO: KL, proxy, gold from step 0 to the end; the peak of the mean curve
     assert (
-        len(back) == len(table) == 2 * 3 + 3 * 9 + 3 * 3
-    )  # benchmarks, objectives, items
+        "single (2 seeds) 20 0.000 → 3.000 ± 1.414 1.000 → 3.200 ± 0.283"
+        " 0.200 → 0.600 (step 10) → 0.400 ± 0.141 yes (2 of 2 seeds)"
+    ) in text
+    assert (
+        "ensemble_mean 20 0.000 → 3.000 0.500 → 1.500 0.200 → 0.900 (step 20)"
+        " → 0.900 no"
+    ) in text
+    assert "Highest gold at the last step: 0.900 (ensemble_mean)." in text
+    assert (
+        "single : gold peaks at step 10 (KL 1.000, gold 0.600) and falls to 0.400"
+        " at step 20 while the proxy ends higher than at that step"
+    ) in text
+    assert "for 2 of 2 seeds' own curves): over-optimisation; the fit peaks" in text
+    assert (
+        "ensemble_mean : gold is highest at the last step 20 (0.900); the fit never"
+        " turns down (beta &lt;= 0), R² 1.000."  # the page's text, HTML-escaped
+    ) in text
+    # hand-worked fit of the single RM's mean curve (KL 0, 1, 3; gold 0.2, 0.6,
+    # 0.4): alpha = 0.4 at d = 1; beta = (sqrt(3) 0.4 - 0.2) / (sqrt(3) log
+    # sqrt(3)); the peak at KL exp(2 (alpha / beta - 1))
+    beta = (3**0.5 * 0.4 - 0.2) / (3**0.5 * np.log(3**0.5))
+    assert f"the fit peaks at KL {np.exp(2 * (0.4 / beta - 1)):.3f}, inside" in text
+    assert (
+        "each ensemble against the single RM's 0.400 ± 0.141 (mean ± SD over 2"
+        " seeds): ensemble_mean 0.900 (above)."
+    ) in text
+    assert 'href="#ppo.png"' in html and 'href="#ppo_summary.csv"' in html
+    assert (
+        len(back) == len(table) == 2 * 3 + 3 * 9 + 3 * 3 + 2 * 16
+    )  # benchmarks, objectives, items, PPO objectives
     row = back[(back["item"] == "math-test") & (back["quantity"] == "accuracy_all")]
     assert row[["value", "sd", "n_seeds"]].values.tolist() == [[0.75, 0.25, 3]]
     assert yaml.safe_load(run["out_config"].read_text()) == run["config"]
@@ -366,9 +451,10 @@ def test_ids_that_look_like_markup_stay_text(run, tmp_path):
 
 
 def test_studies_left_out_and_bad_models_leave_no_output(run, tmp_path):
-    run["bon_csv"] = run["dogerm_csv"] = None
+    run["bon_csv"] = run["dogerm_csv"] = run["ppo_table"] = None
     report_summary(**run)
     text = text_of(render(run["out_rst"].read_text()))
+    assert "PPO from step 0 to the last step" not in text
     assert "Pairwise accuracy per training set and benchmark" in text
     assert "Best-of-n at the largest n" not in text
     assert "plain RM against the best merge weight" not in text
@@ -388,6 +474,7 @@ def test_cli_without_torch(run):
         "eval_csv",
         "bon_csv",
         "dogerm_csv",
+        "ppo_table",
         "out_rst",
         "out_csv",
         "out_config",
