@@ -39,6 +39,7 @@ include: "rules/eval.smk"
 include: "rules/gold.smk"
 include: "rules/bon.smk"
 include: "rules/merge.smk"
+include: "rules/ppo.smk"
 include: "rules/report.smk"
 
 
@@ -67,3 +68,8 @@ rule all_bon:
 rule all_dogerm:
     input:
         report_dogerm_targets(),
+
+
+rule all_ppo:
+    input:
+        report_ppo_targets(),

@@ -241,7 +241,9 @@ def build_run(
         eval_prompts=prompts(eval_msgs, eval_tasks),
         generate_kwargs=generate_kwargs,
         stops=stop_token_ids(lm, tok),
-        kl_ctl=AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon),
+        kl_ctl=AdaptiveKLController(
+            cfg.init_kl_coef, cfg.kl_target or None, cfg.kl_horizon
+        ),
     ), loaded.fmt
 
 

@@ -142,6 +142,7 @@ def all_targets():
         *report_eval_targets(),
         *report_bon_targets(),
         *report_dogerm_targets(),
+        *report_ppo_targets(),
     ]
 
 
@@ -686,4 +687,73 @@ def report_dogerm_targets():
         "results/report/dogerm.csv",
         "results/report/dogerm.png",
         *rewardbench_official_targets("merged"),
+    ]
+
+
+# ---- PPO -----------------------------------------------------------------------
+# One run per objective and seed: single (the bon.trainset RM of that seed) or
+# an ensemble objective over every rm.seeds member of bon.trainset.
+PPO = config["ppo"]
+PPO_OBJECTIVES = list(PPO["objectives"])
+PPO_SEEDS = [int(s) for s in PPO["seeds"]]
+
+
+def _check_ppo():
+    if "single" in PPO_OBJECTIVES:
+        missing = [s for s in PPO_SEEDS if s not in RM_SEEDS]
+        if missing:
+            raise ValueError(
+                f"ppo.seeds {missing} pick no proxy for objective single:"
+                f" rm.seeds are {RM_SEEDS}"
+            )
+    if any(o != "single" for o in PPO_OBJECTIVES) and len(RM_SEEDS) < 2:
+        raise ValueError(f"ppo ensemble objectives need 2+ rm.seeds, got {RM_SEEDS}")
+
+
+_check_ppo()
+
+
+wildcard_constraints:
+    objective="|".join(re.escape(o) for o in PPO_OBJECTIVES),
+
+
+def ppo_member_ids(wildcards):
+    """The proxy RMs of a run: its seed's RM (single) or every seed's."""
+    if wildcards.objective == "single":
+        return [f"rm-{BON['trainset']}-seed{wildcards.seed}"]
+    return bon_member_ids()
+
+
+def ppo_member_models(wildcards):
+    return [model_path(m) for m in ppo_member_ids(wildcards)]
+
+
+def ppo_objective(wildcards):
+    """train_ppo's --objective: single, mean, wco or uwo."""
+    return wildcards.objective.removeprefix("ensemble_")
+
+
+def ppo_verifier_args(wildcards):
+    """The verifier flags of train_ppo, only when the verifiers are the gold."""
+    if GOLD_KIND != "verifier":
+        return ""
+    return (
+        f"--math-extraction {config['data']['math_extraction']}"
+        f" --sandbox-backend {config['sandbox']['backend']}"
+    )
+
+
+def ppo_evals():
+    return expand(
+        "results/ppo/{objective}/seed{seed}/eval.jsonl",
+        objective=PPO_OBJECTIVES,
+        seed=PPO_SEEDS,
+    )
+
+
+def report_ppo_targets():
+    return [
+        "results/report/ppo.csv",
+        "results/report/ppo_summary.csv",
+        "results/report/ppo.png",
     ]

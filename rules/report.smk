@@ -2,11 +2,6 @@
 # (categories are numbered in the order a reader should go), and the summary the
 # report opens on (report/workflow.rst includes results/report/summary.rst).
 
-# TEMPORARY: a stand-in (no eval files) until rules/common.smk defines
-# ppo_evals(), the PPO rules' eval.jsonl files; remove these lines then. It
-# never replaces a definition made before this file is included.
-ppo_evals = globals().get("ppo_evals", list)
-
 
 rule report_eval:
     input:

@@ -212,7 +212,7 @@ class CountToken:
     """A toy reward: +1 per occurrence of ``word`` in the response."""
 
     def __init__(self, word: str) -> None:
-        self.word, self.ids = word, ["toy"]
+        self.word, self.ids, self.objective = word, ["toy"], "single"
 
     def score(self, convs) -> ProxyScores:
         r = np.array([float(c[-1]["content"].count(self.word)) for c in convs])
@@ -231,7 +231,7 @@ def test_policy_learns_a_toy_reward_and_drifts_from_the_reference(ppo_world):
         max_new_tokens=12,
         learning_rate=3e-3,
         init_kl_coef=0.01,
-        kl_target=None,
+        kl_target=0.0,
     )
     run, _ = build_run(
         str(ppo_world["policy"]),

@@ -54,12 +54,12 @@ class PPOConfig:
     lr_eta_min: float = field_help(
         "cosine annealing floor (original: 1e-7)", default=1e-7
     )
-    max_grad_norm: float | None = field_help(
-        "clip the gradient norm; None: no clipping (trlx's default)", default=None
+    max_grad_norm: float = field_help(
+        "clip the gradient norm; 0: no clipping (trlx's default)", default=0.0
     )
     init_kl_coef: float = field_help("initial KL coefficient beta (0.1)", default=0.1)
-    kl_target: float | None = field_help(
-        "adaptive KL target in nats per sequence; None: fixed beta (original: 6)",
+    kl_target: float = field_help(
+        "adaptive KL target in nats per sequence; 0: fixed beta (original: 6)",
         default=6.0,
     )
     kl_horizon: int = field_help("adaptive KL horizon (10000)", default=10000)
@@ -68,8 +68,8 @@ class PPOConfig:
     cliprange: float = field_help("policy ratio clip (0.2)", default=0.2)
     cliprange_value: float = field_help("value clip (0.2)", default=0.2)
     vf_coef: float = field_help("value loss weight (1)", default=1.0)
-    reward_clip: float | None = field_help(
-        "clip the proxy score to +-this before the KL penalty (10); None: no clip",
+    reward_clip: float = field_help(
+        "clip the proxy score to +-this before the KL penalty (10); 0: no clip",
         default=10.0,
     )
     whiten_advantages: bool = field_help(
@@ -148,8 +148,16 @@ class PPOConfig:
         for name in ("dtype", "ref_dtype", "rm_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"{name} must be one of {tuple(DTYPES)}")
-        if self.uwo_ddof < 0 or self.generation_batch_size < 0:
-            raise ValueError("uwo_ddof and generation_batch_size must be >= 0")
+        for name in (
+            "uwo_ddof",
+            "generation_batch_size",
+            "max_grad_norm",
+            "kl_target",
+            "reward_clip",
+            "checkpoint_every",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     @property
     def chunk(self) -> int:

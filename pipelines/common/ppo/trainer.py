@@ -192,7 +192,7 @@ class PPORun:
             ref_lp,
             mask,
             kl_coef=kl_coef,
-            clip=cfg.reward_clip,
+            clip=cfg.reward_clip or None,
         )
         adv, returns = gae(rewards, old_v, mask, gamma=cfg.gamma, lam=cfg.lam)
         if cfg.whiten_advantages:
@@ -249,7 +249,7 @@ class PPORun:
                     vf_coef=cfg.vf_coef,
                 )
                 self.accelerator.backward(t.loss)
-                if cfg.max_grad_norm is not None:
+                if cfg.max_grad_norm > 0:
                     self.accelerator.clip_grad_norm_(
                         self.model.parameters(), cfg.max_grad_norm
                     )
@@ -331,7 +331,11 @@ def evaluate(run: PPORun) -> dict:
     kl = kl_estimates(run, kl_batch)
     since = run.reward_since_eval
     run.reward_since_eval = []
+    objective = run.proxy.objective
     return {
+        # the run's name in paths and reports: single, ensemble_mean, ...
+        "objective": objective if objective == "single" else f"ensemble_{objective}",
+        "seed": run.seed,
         "step": run.step,
         "episodes": run.episodes,
         **kl,
