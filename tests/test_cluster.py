@@ -25,6 +25,7 @@ from tests.test_workflow import _jobs
 PROFILE = ROOT / "profiles" / "slurm"
 NO_CONDA = ("--sdm", "env-modules")
 GPU_RULES = {
+    "train_ppo",
     "train_sft",
     "train_rm",
     "train_gold",
@@ -113,6 +114,8 @@ def test_cluster_preset_dag_builds_offline_with_gpu_resources():
     # one GPU job scores a model on everything: every RM and every merge once
     assert jobs["score_model"] == jobs["train_rm"] + jobs["merge_dogerm"]
     assert jobs["eval_rm"] == jobs["score_model"] * 4  # 3 test splits, RewardBench
+    # PPO: every objective of the default config for every seed of the preset
+    assert jobs["train_ppo"] == 4 * len(preset["ppo"]["seeds"])
     seen = set()
     for rule, block in _job_blocks(out):
         res = _resources(block)

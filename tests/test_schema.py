@@ -8,6 +8,7 @@ from snakemake.utils import validate
 
 from pipelines.build_prefs import BuildPrefsConfig
 from pipelines.common.modeling import TinyArchFields
+from pipelines.common.ppo.config import PPOConfig
 from pipelines.common.scoring import InputSettings, ScorerConfig
 from pipelines.eval_rewardbench import EvalRewardBenchConfig
 from pipelines.eval_rm import EvalConfig
@@ -107,6 +108,7 @@ def test_chat_format_and_over_length_keys(path, value, ok):
         ("bon/score", InputSettings, {"max_candidates"}),
         ("gold/label", LabelGoldConfig, {"workers"}),  # workers: threads
         ("score", ScorerConfig, set()),
+        ("ppo/train", PPOConfig, {"workers"}),  # workers: the verifier's threads
         # python: not science; xstest_weights: one key for both evaluators,
         # eval.xstest_weights, which the eval_rewardbench rule passes
         ("eval_rewardbench", EvalRewardBenchConfig, {"python", "xstest_weights"}),

@@ -211,6 +211,32 @@ def test_uwo_target_dry_run_lists_only_its_ancestors(snakemake_workdir):
     }
 
 
+def test_ppo_runs_need_only_their_proxies(snakemake_workdir):
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    n_seeds = len(cfg["rm"]["seeds"])
+    common = {
+        "build_prefs": len(cfg["data"]["domains"]),
+        "train_tokenizer": 1,
+        "train_sft": 1,  # the general policy only
+        "train_gold": 1,
+        "label_gold": 1,
+        "train_ppo": 1,
+    }
+    for target, members in (
+        ("results/ppo/ensemble_uwo/seed0/eval.jsonl", n_seeds),
+        ("results/ppo/single/seed1/eval.jsonl", 1),  # the proxy of seed 1 alone
+    ):
+        res = run_snakemake("-n", target, workdir=snakemake_workdir)
+        assert res.returncode == 0, res.stderr
+        assert _jobs(res.stdout) == {**common, "train_rm": members}, target
+    # the wildcard picks the objective; PPO keeps its own UWO ddof (1), not BoN's
+    work = snakemake_workdir
+    res = run_snakemake(
+        "-n", "-p", "results/ppo/ensemble_wco/seed0/eval.jsonl", workdir=work
+    )
+    assert "--objective wco" in res.stdout and "--uwo-ddof 1" in res.stdout
+
+
 @pytest.mark.slow
 def test_all_tiny_end_to_end(snakemake_workdir, tmp_path):
     """One target builds only its ancestors; then the whole tiny study."""
