@@ -699,13 +699,6 @@ PPO_SEEDS = [int(s) for s in PPO["seeds"]]
 
 
 def _check_ppo():
-    if "single" in PPO_OBJECTIVES:
-        missing = [s for s in PPO_SEEDS if s not in RM_SEEDS]
-        if missing:
-            raise ValueError(
-                f"ppo.seeds {missing} pick no proxy for objective single:"
-                f" rm.seeds are {RM_SEEDS}"
-            )
     if any(o != "single" for o in PPO_OBJECTIVES) and len(RM_SEEDS) < 2:
         raise ValueError(f"ppo ensemble objectives need 2+ rm.seeds, got {RM_SEEDS}")
 
@@ -720,6 +713,12 @@ wildcard_constraints:
 def ppo_member_ids(wildcards):
     """The proxy RMs of a run: its seed's RM (single) or every seed's."""
     if wildcards.objective == "single":
+        # checked here, not at parse time: other targets need no PPO proxy
+        if int(wildcards.seed) not in RM_SEEDS:
+            raise ValueError(
+                f"PPO single seed{wildcards.seed}: the seed picks the proxy, and"
+                f" rm.seeds {RM_SEEDS} has no seed {wildcards.seed} (ppo.seeds)"
+            )
         return [f"rm-{BON['trainset']}-seed{wildcards.seed}"]
     return bon_member_ids()
 
