@@ -433,3 +433,26 @@ def test_cli_help_and_bad_input(ppo_world, tmp_path, capsys):
     )
     assert rc == 2
     assert "bad.jsonl" in capsys.readouterr().err
+
+
+def test_reference_and_rms_load_in_a_lower_precision(ppo_world):
+    """GPU memory: a bf16 reference and bf16 RMs beside the float32 policy."""
+    cfg = replace(QUICK, ref_dtype="bfloat16", rm_dtype="bfloat16", steps=1)
+    run, _ = build_run(
+        str(ppo_world["policy"]),
+        [str(p) for p in ppo_world["rms"][:2]],
+        ["a", "b"],
+        objective="mean",
+        gold_model=str(ppo_world["rms"][2]),
+        train_files=[ppo_world["train"]],
+        eval_files=[ppo_world["test"]],
+        seed=0,
+        cfg=cfg,
+    )
+    assert run.ref.dtype == torch.bfloat16
+    assert {s.model.dtype for s in run.proxy.scorers} == {torch.bfloat16}
+    assert run.gold.scorer.model.dtype == torch.bfloat16
+    assert next(run.policy.parameters()).dtype == torch.float32
+    stats = run.ppo_step()
+    # the bf16 reference differs from the float32 policy by rounding only
+    assert 0 <= stats.kl < 0.5 and np.isfinite(stats.reward)
