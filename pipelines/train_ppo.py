@@ -302,6 +302,16 @@ def _saver(run: PPORun, log, checkpoint_dir: Path, fingerprint: str):
     return save
 
 
+def _any_process(run: PPORun, flag: bool) -> bool:
+    """Whether any process got SIGTERM: every process must stop at one step."""
+    if run.accelerator.num_processes == 1:
+        return flag
+    import torch
+
+    got = torch.tensor(float(flag), device=run.accelerator.device)
+    return bool(run.accelerator.reduce(got, "sum").item() > 0)
+
+
 def _fingerprint(cfg: PPOConfig, **parts: object) -> str:
     from pipelines.common.training import run_fingerprint
 
@@ -377,17 +387,19 @@ def train_ppo(
         processes=run.accelerator.num_processes,
     )
     keep = _resume(run, checkpoint_dir, fingerprint)
-    log = EvalLog(checkpoint_dir / "eval.jsonl" if checkpoint_dir else None, keep)
+    # the main process alone writes the live curve (every process evaluates)
+    live = checkpoint_dir / "eval.jsonl" if checkpoint_dir else None
+    log = EvalLog(live if run.accelerator.is_main_process else None, keep)
     start = time.perf_counter()
     with StopFlag() as stop:
         save = _saver(run, log, checkpoint_dir, fingerprint) if checkpoint_dir else None
-        train(run, log, should_stop=lambda: stop.raised, save=save)
-        if stop.raised:
+        train(run, log, should_stop=lambda: _any_process(run, stop.raised), save=save)
+        if run.step < cfg.steps:  # the loop returned early: SIGTERM
             raise Interrupted(
                 f"stopped by SIGTERM at step {run.step}; checkpoint saved"
             )
     seconds = time.perf_counter() - start
-    last = json.loads(log.lines[-1])
+    last = run.last_eval
     metrics = {
         "steps": run.step,
         "episodes": run.episodes,

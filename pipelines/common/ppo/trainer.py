@@ -135,6 +135,7 @@ class PPORun:
     episodes: int = 0
     reward_since_eval: list[float] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    last_eval: dict | None = None  # the latest evaluation line (every process)
 
     @property
     def policy(self) -> torch.nn.Module:
@@ -475,6 +476,7 @@ def _log_eval(run: PPORun, log: EvalLog, start: float) -> None:
     line = evaluate(run)
     run._time("evaluation", t0)
     line["seconds"] = time.perf_counter() - start
+    run.last_eval = line
     if run.accelerator.is_main_process:
         log.append(line)
     logger.info(
