@@ -698,14 +698,6 @@ PPO_OBJECTIVES = list(PPO["objectives"])
 PPO_SEEDS = [int(s) for s in PPO["seeds"]]
 
 
-def _check_ppo():
-    if any(o != "single" for o in PPO_OBJECTIVES) and len(RM_SEEDS) < 2:
-        raise ValueError(f"ppo ensemble objectives need 2+ rm.seeds, got {RM_SEEDS}")
-
-
-_check_ppo()
-
-
 wildcard_constraints:
     objective="|".join(re.escape(o) for o in PPO_OBJECTIVES),
 
@@ -713,13 +705,17 @@ wildcard_constraints:
 def ppo_member_ids(wildcards):
     """The proxy RMs of a run: its seed's RM (single) or every seed's."""
     if wildcards.objective == "single":
-        # checked here, not at parse time: other targets need no PPO proxy
+        # checked here, not at parse time: other targets need no PPO proxies
         if int(wildcards.seed) not in RM_SEEDS:
             raise ValueError(
                 f"PPO single seed{wildcards.seed}: the seed picks the proxy, and"
                 f" rm.seeds {RM_SEEDS} has no seed {wildcards.seed} (ppo.seeds)"
             )
         return [f"rm-{BON['trainset']}-seed{wildcards.seed}"]
+    if len(RM_SEEDS) < 2:
+        raise ValueError(
+            f"PPO {wildcards.objective}: an ensemble needs 2+ rm.seeds, got {RM_SEEDS}"
+        )
     return bon_member_ids()
 
 
