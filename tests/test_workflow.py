@@ -417,7 +417,8 @@ def _as_if_built(work, config=TINY_CONFIG):
         if not path.startswith("results/"):
             continue
         target = work / path
-        if path.startswith(("results/models/", "results/tokenizer")):
+        ppo_policy = path.startswith("results/ppo/") and path.endswith("/policy")
+        if path.startswith(("results/models/", "results/tokenizer")) or ppo_policy:
             target.mkdir(parents=True, exist_ok=True)
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -514,6 +515,9 @@ def test_a_gold_change_reruns_labels_proxies_and_bon_not_the_sft(
         rms = [b for r, b in _job_blocks(res.stdout) if r == "train_rm"]
         assert all("trainset=gold-labelled" in b for b in rms)
         assert {"bon_single", "bon_ensemble", "report_bon"} <= set(jobs)
+        # PPO trains against those proxies and is judged by that gold
+        n_ppo = len(cfg["ppo"]["objectives"]) * len(cfg["ppo"]["seeds"])
+        assert jobs["train_ppo"] == n_ppo and jobs["report_ppo"] == 1
         if section == "train":
             assert jobs["train_gold"] == 1
             # the candidates carry the gold's scores: they are redone

@@ -42,6 +42,7 @@ TORCH_FREE = (
     "report_eval",
     "eval_rm",
     "report_summary",
+    "report_ppo",
 )
 MODEL_STAGES = (
     "train_sft",
@@ -50,6 +51,7 @@ MODEL_STAGES = (
     "label_gold",
     "merge_dogerm",
     "score_model",
+    "train_ppo",
 )
 # Stages whose --help still loads the model stack: other helpers' modules
 # (issue 11's scoring rewrite) that import torch at the top. Remove an entry
@@ -245,6 +247,32 @@ def _merged_evals(root: Path) -> list[Path]:
     return paths
 
 
+def _ppo_evals(root: Path) -> list[Path]:
+    """Two PPO curves (eval.jsonl), three evaluations each."""
+    paths = []
+    for objective in ("single", "ensemble_mean"):
+        lines = [
+            {
+                "objective": objective,
+                "seed": 0,
+                "step": step,
+                "episodes": 8 * step,
+                "kl": kl,
+                "kl_k3": kl,
+                "kl_original": kl / 2,
+                "kl_coef": 0.1,
+                "proxy": 0.5 * step,
+                "gold": gold,
+                "ensemble_variance": None if objective == "single" else 0.1,
+                "rollout_reward": None if step == 0 else 0.4,
+                "samples": [],
+            }
+            for step, kl, gold in ((0, 0.0, -1.0), (4, 2.0, -0.2), (8, 6.0, -0.6))
+        ]
+        paths.append(_write_jsonl(root / "ppo" / objective / "eval.jsonl", lines))
+    return paths
+
+
 def _real_runs(root: Path) -> dict[str, tuple[list[str], dict, list[Path]]]:
     """argv, extra environment and expected outputs of each torch-free stage.
 
@@ -326,6 +354,14 @@ def _real_runs(root: Path) -> dict[str, tuple[list[str], dict, list[Path]]]:
             + ["--out-png", str(report / "dogerm.png")],
             {},
             [report / "dogerm.csv", report / "dogerm.png"],
+        ),
+        "report_ppo": (
+            ["--evals", *map(str, _ppo_evals(root))]
+            + ["--out-csv", str(report / "ppo.csv")]
+            + ["--out-table", str(report / "ppo_summary.csv")]
+            + ["--out-png", str(report / "ppo.png")],
+            {},
+            [report / "ppo.csv", report / "ppo_summary.csv", report / "ppo.png"],
         ),
     }
 
