@@ -36,11 +36,14 @@ PLOTS = {
     "results/report/eval.png",
     "results/report/bon.png",
     "results/report/dogerm.png",
+    "results/report/ppo.png",
 }
 TABLES = {
     "results/report/eval.csv",
     "results/report/bon.csv",
     "results/report/dogerm.csv",
+    "results/report/ppo.csv",
+    "results/report/ppo_summary.csv",
     "results/report/headline.csv",
     "results/report/config.yaml",
 }
@@ -355,6 +358,7 @@ def test_every_registered_table_is_there_with_a_caption(tiny_run, browser):
         "2 Evaluation",
         "3 Best-of-n",
         "4 DogeRM",
+        "5 PPO",
     ]
     for path in sorted(TABLES):
         entry = results[path]
