@@ -46,7 +46,6 @@ from typing import TYPE_CHECKING
 
 from pipelines.common.chat_format import ChatFormat
 from pipelines.common.cli import (
-    UserError,
     add_dataclass_args,
     dataclass_from_args,
     handle_user_errors,
@@ -59,50 +58,14 @@ from pipelines.common.logs import (
 )
 from pipelines.common.ppo.config import OPERATIONAL_FIELDS, PPOConfig
 from pipelines.common.ppo.rewards import OBJECTIVES
-from pipelines.common.records import read_pairs
+from pipelines.common.ppo.setup import read_prompts
+
+__all__ = ["build_run", "main", "read_prompts", "train_ppo"]
 
 if TYPE_CHECKING:
-    from pipelines.common.ppo.trainer import PPORun, Prompts
+    from pipelines.common.ppo.trainer import PPORun
 
 logger = logging.getLogger(__name__)
-
-
-def _key(messages: Sequence[dict]) -> str:
-    return json.dumps([[m["role"], m["content"]] for m in messages])
-
-
-def read_prompts(
-    paths: Sequence[Path], *, exclude: set[str] = frozenset(), limit: int | None = None
-) -> tuple[list[list[dict]], list[tuple[str, dict | None]], int]:
-    """Distinct prompts of pair files (files in turn when ``limit`` cuts).
-
-    Returns:
-        ``(messages, (domain, task) per prompt, n_excluded)``.
-    """
-    per_file = []
-    excluded = 0
-    seen: set[str] = set()
-    for path in paths:
-        rows = []
-        for rec in read_pairs(path):
-            key = _key(rec["prompt"])
-            if key in exclude:
-                excluded += 1
-                continue
-            if key in seen:
-                continue
-            seen.add(key)
-            meta = rec.get("metadata") or {}
-            domain = meta.get("domain") or Path(path).parent.name
-            rows.append((rec["prompt"], (domain, meta.get("task"))))
-        per_file.append(rows)
-    picked = []
-    for i in range(max((len(r) for r in per_file), default=0)):  # files in turn
-        picked.extend(rows[i] for rows in per_file if i < len(rows))
-    picked = picked[:limit] if limit is not None else picked
-    if not picked:
-        raise UserError(f"no prompts left in {[str(p) for p in paths]}")
-    return [p for p, _ in picked], [t for _, t in picked], excluded
 
 
 def build_run(
@@ -123,104 +86,38 @@ def build_run(
     Returns:
         The run at step 0 and the policy's chat format.
     """
-    import torch
-
-    from pipelines.common.modeling import ensure_pad_embeddings, load_causal_lm
     from pipelines.common.ppo.core import AdaptiveKLController
-    from pipelines.common.ppo.model import make_policy_with_value
     from pipelines.common.ppo.rewards import load_gold, load_proxy
-    from pipelines.common.ppo.trainer import PPORun, Prompts, make_scheduler
-    from pipelines.common.sampling import (
-        encode_prompts,
-        load_policy,
-        prompt_room,
-        stop_token_ids,
+    from pipelines.common.ppo.setup import (
+        generate_kwargs,
+        load_policy_parts,
+        load_prompt_sets,
     )
+    from pipelines.common.ppo.trainer import PPORun
+    from pipelines.common.sampling import stop_token_ids
     from pipelines.common.scoring import InputSettings, ScorerConfig
-    from pipelines.common.training import deepspeed_launched, make_accelerator
 
-    if deepspeed_launched():
-        raise UserError(
-            "PPO runs on one process or DDP (accelerate/ddp.yaml), not DeepSpeed"
-        )
-    accelerator = make_accelerator(cfg.device, cfg.dtype)
-    device = str(accelerator.device)
-    torch.manual_seed(seed)
-    loaded = load_policy(
-        policy,
-        device=device,
-        dtype="float32",
-        trust_remote_code=cfg.trust_remote_code,
-        chat_template=cfg.chat_template,
-        system_prompt=cfg.system_prompt,
+    parts = load_policy_parts(policy, cfg, seed)
+    train_prompts, eval_prompts = load_prompt_sets(
+        parts.loaded, train_files, eval_files, cfg
     )
-    tok, lm = loaded.tok, loaded.model
-    ref = load_causal_lm(
-        policy, dtype=cfg.ref_dtype, trust_remote_code=cfg.trust_remote_code
-    )
-    ensure_pad_embeddings(ref, tok)
-    ref.to(accelerator.device).eval().requires_grad_(False)
-    model = make_policy_with_value(lm).to(accelerator.device)
-    model.eval()  # dropout off: the first minibatch's ratio is exactly 1
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=cfg.learning_rate,
-        betas=(cfg.adam_beta1, cfg.adam_beta2),
-        eps=cfg.adam_eps,
-        weight_decay=cfg.weight_decay,
-    )
-    scheduler = make_scheduler(optimizer, cfg)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    room = min(
-        prompt_room(lm, cfg.max_new_tokens) or cfg.max_prompt_length,
-        cfg.max_prompt_length,
-    )
-    eval_msgs, eval_tasks, _ = read_prompts(eval_files, limit=cfg.eval_size)
-    banned = {_key(m) for m in read_prompts(eval_files)[0]}
-    train_msgs, train_tasks, n_excl = read_prompts(train_files, exclude=banned)
-    logger.info(
-        "%d train prompts (%d dropped: also eval prompts), %d eval prompts",
-        len(train_msgs),
-        n_excl,
-        len(eval_msgs),
-    )
-
-    def prompts(msgs, tasks) -> Prompts:
-        ids, cut = encode_prompts(
-            tok, msgs, max_length=room, system_prompt=loaded.fmt.system_prompt
-        )
-        if cut:
-            logger.warning(
-                "%d prompts longer than %d tokens cut on the left", cut, room
-            )
-        return Prompts(messages=msgs, ids=ids, tasks=tasks)
-
     scorer_cfg = ScorerConfig(
         batch_size=cfg.score_batch_size,
         dtype=cfg.rm_dtype,
-        device=device,
+        device=str(parts.accelerator.device),
         trust_remote_code=cfg.trust_remote_code,
     )
     settings = InputSettings(max_length=cfg.score_max_length)
-    generate_kwargs = {
-        "do_sample": True,
-        "temperature": cfg.temperature,
-        "top_p": cfg.top_p,
-        "top_k": 0,  # off, as the original's rollouts (HF would apply 50)
-        "max_new_tokens": cfg.max_new_tokens,
-        "use_cache": True,
-    }
-    if loaded.new_pad_row:  # an untrained pad row must never be sampled
-        generate_kwargs["suppress_tokens"] = [tok.pad_token_id]
-    return PPORun(
+    tok, lm = parts.loaded.tok, parts.loaded.model
+    run = PPORun(
         cfg=cfg,
         seed=seed,
-        accelerator=accelerator,
-        model=model,
-        ref=ref,
+        accelerator=parts.accelerator,
+        model=parts.model,
+        ref=parts.ref,
         tok=tok,
-        optimizer=optimizer,
-        scheduler=scheduler,
+        optimizer=parts.optimizer,
+        scheduler=parts.scheduler,
         proxy=load_proxy(
             members,
             member_ids,
@@ -237,14 +134,15 @@ def build_run(
             verifier=verifier,
             workers=cfg.workers,
         ),
-        train_prompts=prompts(train_msgs, train_tasks),
-        eval_prompts=prompts(eval_msgs, eval_tasks),
-        generate_kwargs=generate_kwargs,
+        train_prompts=train_prompts,
+        eval_prompts=eval_prompts,
+        generate_kwargs=generate_kwargs(cfg, tok, parts.loaded.new_pad_row),
         stops=stop_token_ids(lm, tok),
         kl_ctl=AdaptiveKLController(
             cfg.init_kl_coef, cfg.kl_target or None, cfg.kl_horizon
         ),
-    ), loaded.fmt
+    )
+    return run, parts.loaded.fmt
 
 
 def _resume(run: PPORun, checkpoint_dir: Path | None, fingerprint: str) -> int:

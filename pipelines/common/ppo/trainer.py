@@ -353,20 +353,25 @@ def evaluate(run: PPORun) -> dict:
         "gold_kind": run.gold.kind,
         "rollout_reward": float(np.mean(since)) if since else None,
         "response_length": float(np.mean(samples.lengths)),
-        "samples": [
-            {
-                "prompt": run.eval_prompts.messages[r][-1]["content"],
-                "response": text,
-                "proxy": float(proxy.objective[i]),
-                "gold": float(gold[i]),
-                "members": [float(x) for x in proxy.members[:, i]],
-                "variance": None
-                if np.isnan(proxy.variance[i])
-                else float(proxy.variance[i]),
-            }
-            for i, (r, text) in enumerate(zip(rows, samples.texts, strict=True))
-        ],
+        "samples": _sample_records(run, rows, samples.texts, proxy, gold),
     }
+
+
+def _sample_records(run: PPORun, rows, texts, proxy, gold) -> list[dict]:
+    """Each eval reply with its prompt's last turn and every score."""
+    return [
+        {
+            "prompt": run.eval_prompts.messages[r][-1]["content"],
+            "response": text,
+            "proxy": float(proxy.objective[i]),
+            "gold": float(gold[i]),
+            "members": [float(x) for x in proxy.members[:, i]],
+            "variance": None
+            if np.isnan(proxy.variance[i])
+            else float(proxy.variance[i]),
+        }
+        for i, (r, text) in enumerate(zip(rows, texts, strict=True))
+    ]
 
 
 def kl_estimates(run: PPORun, batch: RolloutBatch) -> dict[str, float]:
