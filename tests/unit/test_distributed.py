@@ -35,6 +35,7 @@ from pipelines.common.io import read_jsonl
 from pipelines.common.modeling import (
     encode_conversations,
     init_tiny_causal_lm,
+    init_tiny_reward_model,
     score_ids,
     train_tokenizer,
 )
@@ -505,3 +506,31 @@ def test_zero3_lora_is_merged_from_whole_weights(tiny, deepspeed_op, tmp_path):
     assert np.abs(s1 - s2).max() < SCORE_ATOL
     with safe_open(str(multi / "adapter" / "adapter_model.safetensors"), "pt") as fh:
         assert all(fh.get_tensor(k).numel() > 0 for k in fh.keys())
+
+
+def test_ppo_under_ddp_counts_every_process_rollouts(tiny, tmp_path):
+    """PPO with accelerate/ddp.yaml: each of 2 processes draws its own rollouts
+    (episodes count both), gradients are averaged, rank 0 alone writes."""
+    tok = AutoTokenizer.from_pretrained(tiny.base)
+    torch.manual_seed(1)
+    rm = tmp_path / "rm"
+    init_tiny_reward_model(tok).save_pretrained(rm)
+    tok.save_pretrained(rm)
+    out, ckpt = tmp_path / "ppo", tmp_path / "ckpt"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    cmd += ["--config_file", "accelerate/ddp.yaml", "--num_machines", "1"]
+    cmd += ["--num_processes", "2", "-m", "pipelines.train_ppo"]
+    cmd += ["--policy", str(tiny.base), "--members", str(rm), str(rm)]
+    cmd += ["--objective", "mean", "--gold-model", str(rm), "--seed", "0"]
+    cmd += ["--train-prompts", str(tiny.train), "--eval-prompts", str(tiny.test)]
+    cmd += ["--out", str(out), "--checkpoint-dir", str(ckpt), "--device", "cpu"]
+    cmd += ["--steps", "3", "--batch-size", "2", "--minibatch-size", "1"]
+    cmd += ["--ppo-epochs", "1", "--max-new-tokens", "6"]
+    cmd += ["--eval-max-new-tokens", "6", "--eval-every", "2", "--eval-size", "4"]
+    _run(cmd)
+    lines = read_jsonl(out / "eval.jsonl")
+    assert [line["step"] for line in lines] == [0, 2, 3]
+    assert [line["episodes"] for line in lines] == [0, 8, 12]  # 2 rollouts x 2
+    config = json.loads((out / "policy" / "run_config.json").read_text())
+    assert config["num_processes"] == 2
+    assert not ckpt.exists()
