@@ -34,7 +34,6 @@ any RM ``trainset`` can name ``gold-labelled``. ``--help`` loads no torch.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -60,7 +59,7 @@ from pipelines.common.logs import (
     setup_logging,
 )
 from pipelines.common.modeling import DTYPES
-from pipelines.common.records import count_words, read_pairs
+from pipelines.common.records import count_words, prompt_key, read_pairs
 from pipelines.common.sampling import sample_policy
 from pipelines.domains import (
     MATH_EXTRACTION,
@@ -139,10 +138,6 @@ class LabelGoldConfig:
         return self.samples
 
 
-def _prompt_key(prompt: Sequence[dict]) -> str:
-    return json.dumps([[m["role"], m["content"]] for m in prompt])
-
-
 def select_prompts(
     pairs: Sequence[Path],
     exclude: Sequence[Path],
@@ -156,12 +151,12 @@ def select_prompts(
     Raises:
         UserError: a file has fewer usable prompts than the splits need.
     """
-    banned = {_prompt_key(r["prompt"]) for path in exclude for r in read_pairs(path)}
+    banned = {prompt_key(r["prompt"]) for path in exclude for r in read_pairs(path)}
     chosen: list[tuple[str, dict]] = []
     for k, path in enumerate(pairs):
         records, seen = [], set(banned)
         for rec in read_pairs(path):
-            key = _prompt_key(rec["prompt"])
+            key = prompt_key(rec["prompt"])
             if key not in seen:  # one pair per prompt; never an excluded one
                 seen.add(key)
                 records.append(rec)

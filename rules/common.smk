@@ -450,8 +450,9 @@ def gold_train_base_input(wildcards):
     return [base] if _is_local(base) else []
 
 
-def gold_label_verifier_args(wildcards):
-    """The verifier flags of label_gold, only when the verifiers are the gold."""
+def gold_verifier_args(wildcards):
+    """Verifier flags of the stages that score with the gold (label_gold,
+    train_ppo), only when the verifiers are the gold."""
     if GOLD_KIND != "verifier":
         return ""
     return (
@@ -726,16 +727,6 @@ def ppo_member_models(wildcards):
 def ppo_objective(wildcards):
     """train_ppo's --objective: single, mean, wco or uwo."""
     return wildcards.objective.removeprefix("ensemble_")
-
-
-def ppo_verifier_args(wildcards):
-    """The verifier flags of train_ppo, only when the verifiers are the gold."""
-    if GOLD_KIND != "verifier":
-        return ""
-    return (
-        f"--math-extraction {config['data']['math_extraction']}"
-        f" --sandbox-backend {config['sandbox']['backend']}"
-    )
 
 
 def ppo_evals():

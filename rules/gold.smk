@@ -50,7 +50,7 @@ rule label_gold:
     params:
         hp=cli_args("gold/label", exclude=("seed",)),
         gold=gold_model_arg,
-        verifier=gold_label_verifier_args,
+        verifier=gold_verifier_args,
         seed=GOLD["label"]["seed"],
     shell:
         "OMP_NUM_THREADS={threads} python -m pipelines.label_gold {params.hp}"

@@ -24,7 +24,7 @@ rule train_ppo:
         objective=ppo_objective,
         ids=ppo_member_ids,
         gold=gold_model_arg,
-        verifier=ppo_verifier_args,
+        verifier=gold_verifier_args,
         out="results/ppo/{objective}/seed{seed}",
         ckpt="results/checkpoints/train_ppo/{objective}/seed{seed}",
     shell:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -442,3 +442,8 @@ def read_pairs(path: Path | str) -> list[dict]:
 def is_nan(x: float) -> bool:
     """True for float NaN."""
     return isinstance(x, float) and math.isnan(x)
+
+
+def prompt_key(messages: Sequence[Mapping]) -> str:
+    """A prompt's identity: its turns' roles and contents (for dedup and exclusion)."""
+    return json.dumps([[m["role"], m["content"]] for m in messages])

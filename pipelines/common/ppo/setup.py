@@ -10,7 +10,6 @@ torch is imported by the functions that need it, not at import.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from pipelines.common.cli import UserError
 from pipelines.common.ppo.config import PPOConfig
-from pipelines.common.records import read_pairs
+from pipelines.common.records import prompt_key, read_pairs
 
 if TYPE_CHECKING:
     import torch
@@ -30,11 +29,6 @@ if TYPE_CHECKING:
     from pipelines.common.sampling import Policy
 
 logger = logging.getLogger(__package__)
-
-
-def prompt_key(messages: Sequence[dict]) -> str:
-    """A prompt's identity: its turns' roles and contents."""
-    return json.dumps([[m["role"], m["content"]] for m in messages])
 
 
 def read_prompts(
