@@ -82,7 +82,8 @@ def count_words(text: str) -> float:
     return float(len(text.split()))
 
 
-def _check_messages(value: object, source: str, row: int, name: str) -> list[dict]:
+def check_messages(value: object, source: str, row: int, name: str) -> list[dict]:
+    """A message list checked: roles known, contents non-empty strings."""
     if not isinstance(value, list):
         raise RecordError(
             source,
@@ -231,9 +232,9 @@ def _validate(rec: object, source: str, row: int) -> dict:
             raise RecordError(
                 source, row, key, f"expected a string, got {type(rec[key]).__name__}"
             )
-    prompt = _check_messages(rec["prompt"], source, row, "prompt")
-    chosen = _check_messages(rec["chosen"], source, row, "chosen")
-    rejected = _check_messages(rec["rejected"], source, row, "rejected")
+    prompt = check_messages(rec["prompt"], source, row, "prompt")
+    chosen = check_messages(rec["chosen"], source, row, "chosen")
+    rejected = check_messages(rec["rejected"], source, row, "rejected")
     for name, conv in (("chosen", chosen), ("rejected", rejected)):
         if conv[-1]["role"] != "assistant":
             raise RecordError(
@@ -300,7 +301,7 @@ def _prompt_from_chosen(chosen: object, source: str, row: int) -> list[dict]:
 
     Problems are named in ``chosen``, the field the user wrote.
     """
-    conv = _check_messages(chosen, source, row, "chosen")
+    conv = check_messages(chosen, source, row, "chosen")
     last = len(conv) - 1
     if conv[last]["role"] != "assistant":
         raise RecordError(

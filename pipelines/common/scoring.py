@@ -217,7 +217,8 @@ def load_scorer(model: str, cfg: ScorerConfig) -> Scorer:
 
     Args:
         model: a sequence-classification folder or hub id (a causal-LM folder
-            gets a new score head seeded with ``cfg.seed``, and a warning).
+            gets a new score head seeded with ``cfg.seed``, and a warning), or
+            an ArmoRM folder (:mod:`pipelines.common.armo.model`).
         cfg: the load settings.
 
     Returns:
@@ -225,6 +226,7 @@ def load_scorer(model: str, cfg: ScorerConfig) -> Scorer:
     """
     import torch
 
+    from pipelines.common.armo.model import armo_model, is_armo_folder
     from pipelines.common.modeling import (
         ensure_pad_embeddings,
         load_reward_model,
@@ -237,13 +239,23 @@ def load_scorer(model: str, cfg: ScorerConfig) -> Scorer:
     tok_name = cfg.tokenizer or model
     tok = load_tokenizer(tok_name, trust_remote_code=cfg.trust_remote_code)
     torch.manual_seed(cfg.seed)
-    rm = load_reward_model(
-        model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
-    )
-    new_head = warn_if_untrained_head(rm, model)
-    rows_before = rm.get_input_embeddings().weight.shape[0]
-    ensure_pad_embeddings(rm, tok)  # config pad id = the id batches are padded with
-    resized = rm.get_input_embeddings().weight.shape[0] != rows_before
+    new_head = resized = False
+    if is_armo_folder(model):  # backbone + ridge + gating (ArmoRM)
+        rm = armo_model(
+            model,
+            tok,
+            dtype=cfg.dtype,
+            device=str(device),
+            trust_remote_code=cfg.trust_remote_code,
+        )
+    else:
+        rm = load_reward_model(
+            model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
+        )
+        new_head = warn_if_untrained_head(rm, model)
+        rows_before = rm.get_input_embeddings().weight.shape[0]
+        ensure_pad_embeddings(rm, tok)  # config pad id = the id batches pad with
+        resized = rm.get_input_embeddings().weight.shape[0] != rows_before
     rm.to(device)
     rm.eval()
     logger.info(

@@ -117,6 +117,25 @@ def _check_entry(entry: object) -> Mapping[str, object]:
     return entry
 
 
+def entry_rows(
+    entry: Mapping[str, object],
+) -> tuple[str, Iterator[tuple[int, object]]]:
+    """The source name and raw ``(row, value)`` rows of one entry, unvalidated.
+
+    For readers of other row shapes than preference pairs (ArmoRM's
+    multi-objective rows); :func:`load_entry` validates pairs.
+
+    Raises:
+        SourceSpecError: on a malformed entry.
+    """
+    entry = _check_entry(entry)
+    if "path" in entry:
+        path = Path(str(entry["path"]))
+        return str(path), file_rows(path)
+    source = f"{entry['hub']}[{entry.get('hub_split', 'train')}]"
+    return source, _hub_rows(entry)
+
+
 def load_entry(
     entry: Mapping[str, object], *, on_invalid: str = "error"
 ) -> tuple[list[dict], LoadReport]:
@@ -137,15 +156,8 @@ def load_entry(
             .jsonl/.json/.parquet, an unreadable file or dataset, or no valid rows.
         pipelines.common.records.RecordError: on a bad row with ``on_invalid="error"``.
     """
-    entry = _check_entry(entry)
-    fmt = str(entry.get("format", "auto"))
-    if "path" in entry:
-        path = Path(str(entry["path"]))
-        rows = file_rows(path)
-        source = str(path)
-    else:
-        rows = _hub_rows(entry)
-        source = f"{entry['hub']}[{entry.get('hub_split', 'train')}]"
+    fmt = str(_check_entry(entry).get("format", "auto"))
+    source, rows = entry_rows(entry)
     records, report = load_pairs(rows, source=source, fmt=fmt, on_invalid=on_invalid)
     logger.info(
         "%s: read %d rows, kept %d, skipped %d %s",
