@@ -40,6 +40,7 @@ include: "rules/gold.smk"
 include: "rules/bon.smk"
 include: "rules/merge.smk"
 include: "rules/ppo.smk"
+include: "rules/armo.smk"
 include: "rules/report.smk"
 
 
@@ -73,3 +74,8 @@ rule all_dogerm:
 rule all_ppo:
     input:
         report_ppo_targets(),
+
+
+rule all_armo:
+    input:
+        report_armo_targets(),

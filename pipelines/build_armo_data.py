@@ -20,7 +20,9 @@ pair records (``--records``) each pair gives two responses: chosen and
 rejected, each labelled with its record's ``attributes`` (correctness,
 verbosity, format) and the spurious features the generator injected
 (``politeness``, ``length_padding``: 1 where added to the chosen reply, 0
-otherwise; NaN for records that do not say). From a source (``--source``: a
+otherwise; NaN for records that do not say), each scaled to [0, 1] over the
+rows as the original's ratings are (:func:`scale_to_unit`; verbosity is a
+word count). From a source (``--source``: a
 file or hub dataset, as in ``data.sources``) each row has ``messages`` and one
 column per attribute of ``--attributes``, in that order (the original's
 19; ``None`` is NaN; a missing column is an error naming the row). Rows are
@@ -107,6 +109,30 @@ def responses_from_records(records: Iterable[Mapping]) -> list[dict]:
     return out
 
 
+def scale_to_unit(rows: list[dict], names: Sequence[str]) -> dict[str, list]:
+    """Min-max scale each attribute of ``rows`` to [0, 1] in place.
+
+    The original's multi-objective ratings are normalised to [0, 1] per
+    objective, and its debiasing grid (``r_k - p r_verbosity``, p <= 0.95)
+    assumes rewards on comparable scales; our verbosity is a word count.
+    Constant and all-unknown attributes are left as they are.
+
+    Returns:
+        Per attribute, the ``[min, max]`` used (None when left as is).
+    """
+    used: dict[str, list] = {}
+    for name in names:
+        known = [r["labels"][name] for r in rows if r["labels"][name] is not None]
+        lo, hi = (min(known), max(known)) if known else (0.0, 0.0)
+        used[name] = [lo, hi] if hi > lo else None
+        if hi > lo:
+            for r in rows:
+                if r["labels"][name] is not None:
+                    r["labels"][name] = (r["labels"][name] - lo) / (hi - lo)
+    logger.info("attributes scaled to [0, 1] from [min, max] %s", used)
+    return used
+
+
 def responses_from_rows(
     rows: Iterable[tuple[int, object]], source: str, attributes: Sequence[str]
 ) -> list[dict]:
@@ -177,6 +203,7 @@ def build_armo_data(
         rows = responses_from_records(pairs)
         names = list(attributes or RECORD_ATTRIBUTES)
         rows = [{**r, "labels": {k: r["labels"].get(k) for k in names}} for r in rows]
+        scale_to_unit(rows, names)
     else:
         if not attributes:
             raise ArmoDataError("--attributes is required with --source for responses")

@@ -143,6 +143,7 @@ def all_targets():
         *report_bon_targets(),
         *report_dogerm_targets(),
         *report_ppo_targets(),
+        *report_armo_targets(),
     ]
 
 
@@ -259,11 +260,20 @@ def model_path(model_id):
     )
     if match:
         return merged_path(match["domain"], match["weight"])
+    if model_id == ARMO_ID:
+        return ARMO_MODEL
+    if model_id in EXTERNAL_MODELS:  # a hub id or folder named in the config
+        return EXTERNAL_MODELS[model_id]
     raise ValueError(f"unknown model id {model_id!r} (known: {rm_model_ids()})")
 
 
 def eval_model_input(wildcards):
-    return model_path(wildcards.model_id)
+    """A scored model as an input: built here or a local folder (a hub id: none)."""
+    return _local_input(model_path(wildcards.model_id))
+
+
+def eval_model_arg(wildcards):
+    return shlex.quote(model_path(wildcards.model_id))
 
 
 def benchmark_files(spec):
@@ -743,3 +753,152 @@ def report_ppo_targets():
         "results/report/ppo_summary.csv",
         "results/report/ppo.png",
     ]
+
+
+# ---- ArmoRM --------------------------------------------------------------------
+# Data sets: the multi-objective responses (ridge), the preference pairs
+# (gating), the reference pairs (debiasing; when configured) and every domain's
+# test split (evaluation); each embedded in armo.shards extraction jobs.
+ARMO = config["armo"]
+ARMO_SHARDS = int(ARMO["shards"])
+ARMO_SOURCES = {
+    "multi-objective": "multi_objective",
+    "preference": "preference",
+    "reference": "reference",
+}
+ARMO_SETS = {
+    "multi-objective": "responses",
+    "preference": "pairs",
+    **({"reference": "pairs"} if ARMO["reference"] is not None else {}),
+    **{d: "pairs" for d in DOMAINS},
+}
+
+
+def _armo_backbone():
+    """The backbone's folder or hub id, and its path-safe id."""
+    name = ARMO["backbone"]
+    if re.fullmatch(r"rm-.+-seed\d+", name):
+        return model_path(name), name  # an RM of this study (checked there)
+    if name.startswith("sft-") and name.removeprefix("sft-") in DOMAINS:
+        return f"results/models/sft/{name.removeprefix('sft-')}", name
+    return name, external_id(name)
+
+
+ARMO_BACKBONE, ARMO_BACKBONE_ID = _armo_backbone()
+ARMO_ID = f"armo-{ARMO_BACKBONE_ID}"
+ARMO_MODEL = f"results/models/armo/{ARMO_BACKBONE_ID}"
+# the BT RM on the same backbone, compared in the report: the backbone itself
+# when it is an RM (one of ours, or a hub RM such as FsfairX-LLaMA3-RM);
+# armo.bt_baseline false for a backbone that is not (an SFT model, a base LM)
+if ARMO_BACKBONE_ID.startswith("ext-"):
+    EXTERNAL_MODELS[ARMO_BACKBONE_ID] = ARMO_BACKBONE
+ARMO_BT = (
+    ARMO_BACKBONE_ID
+    if ARMO["bt_baseline"] and not ARMO_BACKBONE_ID.startswith("sft-")
+    else None
+)
+
+
+wildcard_constraints:
+    armo_set="|".join(re.escape(s) for s in ARMO_SETS),
+
+
+def armo_backbone_input(wildcards=None):
+    """The backbone as an input when it is a folder (built here or on disk)."""
+    return _local_input(ARMO_BACKBONE)
+
+
+def armo_data_input(wildcards):
+    """A data set's rows: a domain's split, else the set's ArmoRM data file."""
+    if wildcards.armo_set in DOMAINS:
+        return f"results/data/{wildcards.armo_set}/{wildcards.split}.jsonl"
+    return f"results/armo/data/{wildcards.armo_set}/{wildcards.split}.jsonl"
+
+
+def armo_kind(wildcards):
+    return ARMO_SETS[wildcards.armo_set]
+
+
+def armo_shards(armo_set, split):
+    """Every extraction shard of one data set and split."""
+    return expand(
+        "results/armo/embeddings/{armo_set}/{split}/shard{i}-of-{n}.safetensors",
+        armo_set=armo_set,
+        split=split,
+        i=range(ARMO_SHARDS),
+        n=ARMO_SHARDS,
+    )
+
+
+def _armo_source(wildcards):
+    return ARMO[ARMO_SOURCES[wildcards.armo_set]]
+
+
+def armo_data_records(wildcards):
+    """Inputs of a data set: our train records, or its local source file."""
+    source = _armo_source(wildcards)
+    if source is None:
+        return expand("results/data/{domain}/train.jsonl", domain=DOMAINS)
+    return [source["path"]] if "path" in source else []
+
+
+def armo_data_args(wildcards, input):
+    """build_armo_data's flags: --records (ours) or --source, and the labels."""
+    source = _armo_source(wildcards)
+    if source is None:
+        args = ["--records", *map(shlex.quote, input.records)]
+    else:
+        args = ["--source", shlex.quote(json.dumps(source, sort_keys=True))]
+    if wildcards.armo_set == "multi-objective":
+        if ARMO["attributes"] is not None:
+            args += ["--attributes", shlex.quote(json.dumps(ARMO["attributes"]))]
+        args += ["--seed", str(ARMO["seed"])]
+    return " ".join([f"--kind {ARMO_SETS[wildcards.armo_set]}", *args])
+
+
+def armo_reference_shards():
+    return armo_shards("reference", "train") if "reference" in ARMO_SETS else []
+
+
+def armo_reference_arg(wildcards, input):
+    refs = input.reference
+    return f"--reference {' '.join(map(shlex.quote, refs))}" if refs else ""
+
+
+def armo_test_shards():
+    return {d: armo_shards(d, "test") for d in DOMAINS}
+
+
+def armo_eval_args(wildcards, input):
+    """--test DOMAIN SHARD... per domain, the BT RM's and the ArmoRM's evals."""
+    args = []
+    for domain in DOMAINS:
+        shards = " ".join(armo_shards(domain, "test"))
+        args.append(f"--test {domain} {shards}")
+        args.append(f"--scored {domain} results/eval/{ARMO_ID}/{domain}-test.json")
+        if ARMO_BT is not None:
+            args.append(f"--bt {domain} results/eval/{ARMO_BT}/{domain}-test.json")
+    if ARMO_BT is not None:
+        args.append(f"--bt-model-id {ARMO_BT}")
+    return " ".join(args)
+
+
+def armo_evals():
+    """The ArmoRM on every benchmark, through score_model and eval_rm."""
+    return expand(
+        "results/eval/{model_id}/{benchmark}.json",
+        model_id=[ARMO_ID],
+        benchmark=list(BENCHMARKS),
+    )
+
+
+def armo_bt_evals():
+    if ARMO_BT is None:
+        return []
+    return expand(
+        "results/eval/{model_id}/{domain}-test.json", model_id=[ARMO_BT], domain=DOMAINS
+    )
+
+
+def report_armo_targets():
+    return ["results/report/armo.csv", "results/report/armo.png", *armo_evals()]

@@ -20,9 +20,10 @@ rule score_model:
     params:
         load=cli_args("score"),
         inputs=score_model_args,
+        model=eval_model_arg,
     shell:
         "OMP_NUM_THREADS={threads} python -m pipelines.score_model {params.load}"
-        " {params.inputs} --gens {input.gens} --model {input.model}"
+        " {params.inputs} --gens {input.gens} --model {params.model}"
         " --model-id {wildcards.model_id} --out {output.scores} > {log} 2>&1"
 
 
@@ -65,8 +66,9 @@ rule eval_rewardbench:
     params:
         hp=cli_args("eval_rewardbench", exclude=("enabled", "models")),
         xstest=lookup(dpath="eval/xstest_weights", within=config),
+        model=eval_model_arg,
     shell:
         "OMP_NUM_THREADS={threads} python -m pipelines.eval_rewardbench {params.hp}"
         " --xstest-weights {params.xstest}"
-        " --model {input.model} --model-id {wildcards.model_id}"
+        " --model {params.model} --model-id {wildcards.model_id}"
         " --out {output.result} > {log} 2>&1"

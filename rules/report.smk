@@ -172,3 +172,29 @@ rule report_summary:
         " --dogerm-csv {input.dogerm_csv} --ppo-table {input.ppo_table}"
         " --out-rst {output.rst}"
         " --out-csv {output.csv} --out-config {output.config} > {log} 2>&1"
+
+
+rule report_armo:
+    input:
+        result=rules.eval_armo.output.result,
+    output:
+        csv=report(
+            "results/report/armo.csv",
+            category="6 ArmoRM",
+            caption="../report/armo_csv.rst",
+            labels={"result": "table: accuracy, gates, debiasing"},
+        ),
+        png=report(
+            "results/report/armo.png",
+            category="6 ArmoRM",
+            caption="../report/armo_png.rst",
+            labels={"result": "plot: accuracy, gates, debiasing"},
+        ),
+    log:
+        "logs/report_armo/report_armo.log",
+    localrule: True
+    conda:
+        "../envs/eval.yaml"
+    shell:
+        "python -m pipelines.report_armo --eval {input.result}"
+        " --out-csv {output.csv} --out-png {output.png} > {log} 2>&1"

@@ -58,7 +58,11 @@ def pair_records(n: int, domain: str = "math", long_every: int = 0) -> list[dict
                 "chosen": conv(prompt, good),
                 "rejected": conv(prompt, "x " * (i % 4 + 1)),
                 "attributes": {
-                    "chosen": {"correctness": 1.0, "verbosity": 3.0, "format": 1.0},
+                    "chosen": {
+                        "correctness": 1.0,
+                        "verbosity": 3.0 + i % 3,
+                        "format": 1.0,
+                    },
                     "rejected": {"correctness": 0.0, "verbosity": 1.0, "format": None},
                 },
                 "metadata": {"spurious": {"politeness": i % 2 == 0}},

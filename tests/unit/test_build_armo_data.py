@@ -16,10 +16,13 @@ def test_records_give_two_labelled_responses_each(tmp_path):
     rows = {r["id"]: r for r in read_jsonl(out)}
     assert len(rows) == 12 and summary["attributes"] == list(RECORD_ATTRIBUTES)
     # pair 2: politeness was added to its chosen reply (i % 2 == 0), nothing else
+    # verbosity (words: 3 + i % 3 chosen, 1 rejected) scaled by [1, 5] to [0, 1]
     chosen, rejected = rows["math-002:chosen"], rows["math-002:rejected"]
+    assert rows["math-001:chosen"]["labels"]["verbosity"] == 0.75
+    assert rejected["labels"]["verbosity"] == 0.0
     assert chosen["labels"] == {
         "correctness": 1.0,
-        "verbosity": 3.0,
+        "verbosity": 1.0,
         "format": 1.0,
         "politeness": 1.0,
         "length_padding": None,  # the record does not say

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipelines.common.score_store import file_sha256, write_store
@@ -43,6 +44,9 @@ TORCH_FREE = (
     "eval_rm",
     "report_summary",
     "report_ppo",
+    "build_armo_data",
+    "fit_ridge",
+    "report_armo",
 )
 MODEL_STAGES = (
     "train_sft",
@@ -52,6 +56,10 @@ MODEL_STAGES = (
     "merge_dogerm",
     "score_model",
     "train_ppo",
+    "extract_embeddings",
+    "train_gating",
+    "build_armo",
+    "eval_armo",
 )
 # Stages whose --help still loads the model stack: other helpers' modules
 # (issue 11's scoring rewrite) that import torch at the top. Remove an entry
@@ -62,6 +70,7 @@ HELP_LOADS_TORCH_YET: dict[str, str] = {}
 RUN_ELSEWHERE = {
     "eval_rm": "tests/unit/test_eval_rm.py::test_eval_runs_without_torch",
     "report_summary": "tests/unit/test_report_summary.py (its CLI run, no torch)",
+    "report_armo": "tests/unit/test_report_armo.py::test_runs_without_the_model_stack",
 }
 
 # Writes {"exit": code, "loaded": [...]} to $PROBE_OUT after running argv[1] as
@@ -273,6 +282,26 @@ def _ppo_evals(root: Path) -> list[Path]:
     return paths
 
 
+def _armo_shard(root: Path) -> Path:
+    """A responses embedding file (random embeddings, two attributes)."""
+    from pipelines.common.armo.embeddings import EmbeddingSet, write_shard
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6)).astype(np.float32)
+    labels = np.stack([x @ rng.normal(size=6), x[:, 0]], axis=1).astype(np.float32)
+    data = EmbeddingSet(
+        kind="responses",
+        embeddings=x,
+        labels=labels,
+        ids=[f"r{i}" for i in range(40)],
+        attributes=["a", "b"],
+    )
+    path = root / "armo" / "mo.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_shard(path, data, shard=0, n_shards=1)
+    return path
+
+
 def _real_runs(root: Path) -> dict[str, tuple[list[str], dict, list[Path]]]:
     """argv, extra environment and expected outputs of each torch-free stage.
 
@@ -312,6 +341,22 @@ def _real_runs(root: Path) -> dict[str, tuple[list[str], dict, list[Path]]]:
             + ["--pairs-out", str(data / "train.jsonl"), str(data / "test.jsonl")],
             {},
             [data / "train.jsonl", data / "test.jsonl", data / "sft.jsonl"],
+        ),
+        "build_armo_data": (
+            ["--kind", "responses", "--records", str(data / "train.jsonl")]
+            + ["--out", str(root / "armo" / "mo.jsonl")],
+            {},
+            [root / "armo" / "mo.jsonl"],
+        ),
+        "fit_ridge": (
+            ["--embeddings", str(_armo_shard(root))]
+            + ["--out", str(root / "armo" / "regression.safetensors")]
+            + ["--report", str(root / "armo" / "regression.json")],
+            {},
+            [
+                root / "armo" / "regression.safetensors",
+                root / "armo" / "regression.json",
+            ],
         ),
         "train_tokenizer": (
             ["--data", str(data / "sft.jsonl"), str(data / "train.jsonl")]
