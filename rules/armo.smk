@@ -145,9 +145,9 @@ rule eval_armo:
         "results/benchmarks/eval_armo/eval_armo.tsv"
     conda:
         "../envs/train.yaml"
-    threads: job_threads("train_gating")
+    threads: job_threads("eval_armo")
     resources:
-        **job_resources("train_gating"),
+        **job_resources("eval_armo"),
     params:
         inputs=armo_eval_args,
         model_id=ARMO_ID,

@@ -26,6 +26,8 @@ PROFILE = ROOT / "profiles" / "slurm"
 NO_CONDA = ("--sdm", "env-modules")
 GPU_RULES = {
     "train_ppo",
+    "extract_embeddings",
+    "train_gating",
     "train_sft",
     "train_rm",
     "train_gold",
@@ -112,10 +114,17 @@ def test_cluster_preset_dag_builds_offline_with_gpu_resources():
     assert jobs["merge_dogerm"] == 2 * len(preset["merge"]["weights"]) == 42
     assert "train_tokenizer" not in jobs  # hub tokenizer, no tiny BPE
     # one GPU job scores a model on everything: every RM and every merge once
-    assert jobs["score_model"] == jobs["train_rm"] + jobs["merge_dogerm"]
-    assert jobs["eval_rm"] == jobs["score_model"] * 4  # 3 test splits, RewardBench
+    # ... and the ArmoRM and its backbone (the hub BT RM it is compared with)
+    assert jobs["score_model"] == jobs["train_rm"] + jobs["merge_dogerm"] + 2
+    # 3 test splits and RewardBench each; the backbone on the test splits only
+    assert jobs["eval_rm"] == (jobs["score_model"] - 1) * 4 + 3
     # PPO: every objective of the default config for every seed of the preset
     assert jobs["train_ppo"] == 4 * len(preset["ppo"]["seeds"])
+    # ArmoRM: every data set (multi-objective, preference, reference and the
+    # three test splits) embedded in armo.shards parallel GPU jobs
+    assert jobs["extract_embeddings"] == 6 * preset["armo"]["shards"] == 48
+    assert "--backbone sfairXC/FsfairX-LLaMA3-RM-v0.1" in out
+    assert "shard7-of-8.safetensors" in out
     seen = set()
     for rule, block in _job_blocks(out):
         res = _resources(block)

@@ -37,6 +37,7 @@ PLOTS = {
     "results/report/bon.png",
     "results/report/dogerm.png",
     "results/report/ppo.png",
+    "results/report/armo.png",
 }
 TABLES = {
     "results/report/eval.csv",
@@ -44,6 +45,7 @@ TABLES = {
     "results/report/dogerm.csv",
     "results/report/ppo.csv",
     "results/report/ppo_summary.csv",
+    "results/report/armo.csv",
     "results/report/headline.csv",
     "results/report/config.yaml",
 }
@@ -359,6 +361,7 @@ def test_every_registered_table_is_there_with_a_caption(tiny_run, browser):
         "3 Best-of-n",
         "4 DogeRM",
         "5 PPO",
+        "6 ArmoRM",
     ]
     for path in sorted(TABLES):
         entry = results[path]

@@ -211,6 +211,30 @@ def test_uwo_target_dry_run_lists_only_its_ancestors(snakemake_workdir):
     }
 
 
+def test_armo_dry_run_lists_only_what_it_needs(snakemake_workdir):
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    n_domains, shards = len(cfg["data"]["domains"]), cfg["armo"]["shards"]
+    res = run_snakemake("-n", "all_armo", workdir=snakemake_workdir)
+    assert res.returncode == 0, res.stderr
+    assert _jobs(res.stdout) == {
+        "build_prefs": n_domains,
+        "train_tokenizer": 1,
+        "train_sft": 1,  # the general SFT model: the backbone RM's base
+        "train_rm": 1,  # the backbone (armo.backbone), no other RM
+        "build_armo_data": 2,  # multi-objective responses, preference pairs
+        # both sets and every domain's test split, each in armo.shards jobs
+        "extract_embeddings": (2 + n_domains) * shards,
+        "fit_ridge": 1,
+        "train_gating": 1,
+        "build_armo": 1,
+        "score_model": 2,  # the ArmoRM and its backbone as a BT RM
+        "eval_rm": 2 * n_domains,  # both on every domain's test split
+        "eval_armo": 1,
+        "report_armo": 1,
+        "all_armo": 1,
+    }
+
+
 def test_ppo_runs_need_only_their_proxies(snakemake_workdir):
     cfg = yaml.safe_load(TINY_CONFIG.read_text())
     n_seeds = len(cfg["rm"]["seeds"])
@@ -310,6 +334,22 @@ def test_all_tiny_end_to_end(snakemake_workdir, tmp_path):
     for weight in cfg["merge"]["weights"]:
         assert f"merged-math-w{weight:g}" in dogerm
     assert (work / "results/report/dogerm.png").read_bytes()[:8] == png
+    # ArmoRM: the assembled model, scored end to end by score_model/eval_rm,
+    # agrees with its parts applied to the extracted embeddings (float noise
+    # may flip a near-tie)
+    armo = json.loads((work / "results/armo/eval.json").read_text())
+    assert set(armo["domains"]) == set(cfg["data"]["domains"])
+    for entry in armo["domains"].values():
+        tol = 1.5 / entry["n_pairs"]
+        assert entry["scored_accuracy"] == pytest.approx(
+            entry["accuracy"]["armo"], abs=tol
+        )
+    shards = sorted(work.glob("results/armo/embeddings/preference/train/shard*"))
+    assert [p.name for p in shards] == [
+        f"shard{i}-of-{cfg['armo']['shards']}.safetensors"
+        for i in range(cfg["armo"]["shards"])
+    ]
+    assert (work / "results/report/armo.png").read_bytes()[:8] == png
     res = run_snakemake("-n", "all", workdir=work)
     assert "Nothing to be done" in res.stdout + res.stderr
     _inspect_and_rerun(work, cfg, tmp_path)
