@@ -41,6 +41,8 @@ include: "rules/bon.smk"
 include: "rules/merge.smk"
 include: "rules/ppo.smk"
 include: "rules/armo.smk"
+include: "rules/transfer.smk"
+include: "rules/active.smk"
 include: "rules/report.smk"
 
 
@@ -79,3 +81,13 @@ rule all_ppo:
 rule all_armo:
     input:
         report_armo_targets(),
+
+
+rule all_transfer:
+    input:
+        report_transfer_targets(),
+
+
+rule all_active:
+    input:
+        report_active_targets(),

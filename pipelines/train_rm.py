@@ -23,9 +23,18 @@ forwards the signal, every process stops after the same step and the
 checkpoint is written (under DeepSpeed each process writes its shards); the
 launcher kills workers still running 30 s later and itself exits 1, not 143.
 
-Every ``--pairs`` file is read and concatenated (a mixture of domains). Each
-pair becomes two sequences through the chat template; a batch holds them as
-``[c1, r1, c2, r2, ...]``, right-padded, and goes through the model in one
+Every ``--pairs`` file is read and concatenated (a mixture of domains). With
+``--max-pairs n`` only a seeded draw of n of those pairs is trained on (the
+transfer study's n-curves, ALGORITHMS.md section 6.3): a permutation of the
+concatenated pairs in file order, seeded by ``--subset-seed`` alone (not
+``--seed``, not the tokenizer), whose first n are kept; so for one subset seed
+the draws are nested (the pairs of n = 16 are among those of n = 64). The draw
+comes before over-length handling (``drop`` may leave fewer than n). n above
+the pairs available is an error; ``metrics.json`` records ``n_pairs_available``,
+``max_pairs``, ``subset_seed`` and the drawn ids in file order (``subset_ids``,
+listed up to 256, and their ``subset_ids_sha256``; both null without a draw).
+Each pair becomes two sequences through the chat template; a batch holds them
+as ``[c1, r1, c2, r2, ...]``, right-padded, and goes through the model in one
 forward pass; the reward is the score head at the last non-pad token
 (ALGORITHMS.md sections 0 and 2). The loss is ``-mean log sigmoid(r_c - r_r)``
 plus an optional ``l2_coef * 0.5 * (r_c^2 + r_r^2)`` (section 5.1).
@@ -72,7 +81,12 @@ from pipelines.common.logs import (
     setup_logging,
 )
 from pipelines.common.modeling import TinyArchFields
-from pipelines.common.rm_data import OVER_LENGTH, PairData, load_pair_data
+from pipelines.common.rm_data import (
+    OVER_LENGTH,
+    PairData,
+    load_pair_data,
+    subset_record,
+)
 from pipelines.common.rm_training import (
     FitResult,
     bt_loss_sum,
@@ -185,6 +199,16 @@ class TrainRMConfig(TinyArchFields):
         "weight of the 0.5*(r_c^2 + r_r^2) reward regulariser",
         default=0.0,
     )
+    max_pairs: int = field_help(
+        # eth-dl-rewards fine-tunes on n target pairs for several n (section 6.3)
+        "train on a seeded draw of this many pairs; 0 = all (drawn from the"
+        " concatenated pairs before over-length handling; nested across n for"
+        " one --subset-seed)",
+        default=0,
+    )
+    subset_seed: int = field_help(
+        "seed of that draw (independent of --seed)", default=0
+    )
     clean_chosen: bool = field_help(
         "train on each chosen reply as written before build_prefs injected"
         " spurious features (metadata.spurious.clean_chosen): the gold RM",
@@ -287,6 +311,8 @@ def fit_reward_model(
         over_length=cfg.over_length,
         system_prompt=fmt.system_prompt,
         clean_chosen=cfg.clean_chosen,
+        max_pairs=cfg.max_pairs,
+        subset_seed=cfg.subset_seed,
     )
     n_pairs = len(data.chosen)
 
@@ -402,6 +428,7 @@ def _metrics(
         "max_length": cfg.max_length,
         "truncation_side": cfg.truncation_side,
         "over_length": cfg.over_length,
+        **subset_record(data, cfg.max_pairs, cfg.subset_seed),
         # mean over the last epoch's batches, scored before each update
         "train_accuracy": last_epoch.get("accuracy", float("nan")),
         "train_loss_last_epoch": last_epoch.get("loss", float("nan")),

@@ -163,10 +163,15 @@ BENCHMARKS = {
 
 
 GOLD_LABELLED = "gold-labelled"  # the trainset of pairs labelled by the gold
+# The transfer study starts from the RM of each source domain (rm-<domain>-
+# seed<source_seed>), trained by train_rm like the rm.trainsets.
+TRANSFER = config["transfer"]
+TRANSFER_RMS = [s for s in TRANSFER["sources"] if s not in TRANSFER["source_models"]]
+TRAINED_SETS = [*RM_TRAINSETS, *(s for s in TRANSFER_RMS if s not in RM_TRAINSETS)]
 
 
 def _check_trainsets():
-    for trainset in RM_TRAINSETS:
+    for trainset in TRAINED_SETS:
         if trainset == GOLD_LABELLED:
             continue
         for domain in MIXTURES.get(trainset, [trainset]):
@@ -181,7 +186,7 @@ _check_trainsets()
 
 
 wildcard_constraints:
-    trainset="|".join(RM_TRAINSETS),
+    trainset="|".join(TRAINED_SETS),
     seed=r"\d+",
     model_id=r"[a-z0-9][a-z0-9.-]*",
     benchmark="|".join(BENCHMARKS),
@@ -253,7 +258,7 @@ def rm_model_ids():
 def model_path(model_id):
     """The folder of a scoreable model id (later studies add theirs)."""
     match = re.fullmatch(r"rm-(?P<trainset>.+)-seed(?P<seed>\d+)", model_id)
-    if match and match["trainset"] in RM_TRAINSETS:
+    if match and match["trainset"] in TRAINED_SETS:
         return f"results/models/rm/{match['trainset']}/seed{match['seed']}"
     match = re.fullmatch(
         r"merged-(?P<domain>[a-z0-9-]+)-w(?P<weight>[0-9.]+)", model_id
@@ -264,6 +269,10 @@ def model_path(model_id):
         return ARMO_MODEL
     if model_id in EXTERNAL_MODELS:  # a hub id or folder named in the config
         return EXTERNAL_MODELS[model_id]
+    if model_id in TRANSFER_MODELS:
+        return TRANSFER_MODELS[model_id]
+    if model_id in ACTIVE_MODELS:
+        return ACTIVE_MODELS[model_id]
     raise ValueError(f"unknown model id {model_id!r} (known: {rm_model_ids()})")
 
 
@@ -650,9 +659,20 @@ def score_model_gens(wildcards):
     )
 
 
+def scored_benchmarks(model_id):
+    """The benchmarks a model is scored on: its target's test split for the
+    transfer and active-learning models (hundreds of them on a cluster),
+    every benchmark for the others."""
+    target = MODEL_TARGETS.get(model_id)
+    if target is not None:
+        return {f"{target}-test": BENCHMARKS[f"{target}-test"]}
+    return BENCHMARKS
+
+
 def score_model_data(wildcards):
-    """Local files of every benchmark: a rebuilt test split rescores the model."""
-    return sorted({f for spec in BENCHMARKS.values() for f in benchmark_files(spec)})
+    """Local files of the benchmarks: a rebuilt test split rescores the model."""
+    specs = scored_benchmarks(wildcards.model_id).values()
+    return sorted({f for spec in specs for f in benchmark_files(spec)})
 
 
 def score_model_templates(wildcards):
@@ -683,7 +703,7 @@ def score_model_args(wildcards):
     must not rerun it)."""
     args = [
         f"--benchmark {name} {shlex.quote(json.dumps(spec, sort_keys=True))}"
-        for name, spec in sorted(BENCHMARKS.items())
+        for name, spec in sorted(scored_benchmarks(wildcards.model_id).items())
     ]
     args.append(f"--pair-settings {_settings_json('eval')}")
     if scored_gens_domains(wildcards.model_id):
@@ -902,3 +922,257 @@ def armo_bt_evals():
 
 def report_armo_targets():
     return ["results/report/armo.csv", "results/report/armo.png", *armo_evals()]
+
+
+# ---- transfer across domains ---------------------------------------------------
+# Runs: results/transfer/{source}_to_{target}/n{n}/seed{seed} (model id
+# transfer-{source}-to-{target}-n{n}-seed{seed}); the ground truth is source
+# "scratch" (the target's SFT model with a new head) on all pairs (n "all").
+TRANSFER_TARGETS = list(TRANSFER["targets"])
+TRANSFER_SOURCES = list(TRANSFER["sources"])
+TRANSFER_SIZES = [int(n) for n in TRANSFER["sizes"]]
+TRANSFER_SEEDS = [int(s) for s in TRANSFER["seeds"]]
+SCRATCH = "scratch"
+
+
+def _check_transfer():
+    for name in [*TRANSFER_TARGETS, *TRANSFER_SOURCES]:
+        if name not in DOMAINS:
+            raise ValueError(f"transfer: {name!r} is not in data.domains {DOMAINS}")
+
+
+_check_transfer()
+
+
+def transfer_source_id(source):
+    """The model id of a source RM: ours, or the one transfer.source_models names."""
+    name = TRANSFER["source_models"].get(source)
+    if name is None:
+        return f"rm-{source}-seed{TRANSFER['source_seed']}"
+    EXTERNAL_MODELS[external_id(name)] = name
+    return external_id(name)
+
+
+def transfer_runs():
+    """(source, target, n, seed) of every run, ground truths included."""
+    runs = [
+        (s, t, str(n), seed)
+        for t in TRANSFER_TARGETS
+        for s in TRANSFER_SOURCES
+        if s != t
+        for n in TRANSFER_SIZES
+        for seed in TRANSFER_SEEDS
+    ]
+    # one ground truth per target (the first seed): the line the curves must reach
+    runs += [(SCRATCH, t, "all", TRANSFER_SEEDS[0]) for t in TRANSFER_TARGETS]
+    return runs
+
+
+TRANSFER_MODELS = {
+    f"transfer-{s}-to-{t}-n{n}-seed{seed}": f"results/transfer/{s}_to_{t}/n{n}/seed{seed}"
+    for s, t, n, seed in transfer_runs()
+}
+MODEL_TARGETS = {
+    f"transfer-{s}-to-{t}-n{n}-seed{seed}": t for s, t, n, seed in transfer_runs()
+}
+
+
+def transfer_base(wildcards):
+    """Where a run starts: the source RM, or the target's SFT model (scratch)."""
+    if wildcards.source == SCRATCH:
+        name = TRANSFER["ground_truth_bases"].get(wildcards.target)
+        return name or f"results/models/sft/{wildcards.target}"
+    return model_path(transfer_source_id(wildcards.source))
+
+
+def transfer_base_input(wildcards):
+    return _local_input(transfer_base(wildcards))
+
+
+def transfer_base_arg(wildcards):
+    return f"--base {shlex.quote(transfer_base(wildcards))}"
+
+
+def transfer_subset_args(wildcards):
+    """--max-pairs n --subset-seed seed (all pairs for the ground truth)."""
+    if wildcards.n == "all":
+        return ""
+    return f"--max-pairs {wildcards.n} --subset-seed {wildcards.seed}"
+
+
+def lora_train_args(section):
+    """train_rm's flags: the rm section, then LoRA and the section's overrides
+    (argparse keeps the last value of a flag)."""
+    base = cli_args("rm", exclude=("seeds", "trainsets", "mixtures"))
+    return f"{base} --lora true --keep-adapter false {cli_args(section)}"
+
+
+def transfer_evals():
+    """Every run, zero-shot source and ground truth on its target's test split."""
+    runs = [
+        f"results/eval/{m}/{t}-test.json"
+        for m, t in MODEL_TARGETS.items()
+        if m.startswith("transfer-")
+    ]
+    zero = [
+        f"results/eval/{transfer_source_id(s)}/{t}-test.json"
+        for t in TRANSFER_TARGETS
+        for s in TRANSFER_SOURCES
+        if s != t
+    ]
+    return [*runs, *zero]
+
+
+def transfer_report_args(wildcards):
+    """report_transfer's --run / --zero-shot / --ground-truth arguments."""
+    args = []
+    for s, t, n, seed in transfer_runs():
+        path = f"results/eval/transfer-{s}-to-{t}-n{n}-seed{seed}/{t}-test.json"
+        if s == SCRATCH:  # N_T: the pairs it trained on (its metrics.json)
+            metrics = f"results/transfer/{s}_to_{t}/n{n}/seed{seed}/metrics.json"
+            args.append(f"--ground-truth {t} {metrics} {path}")
+        else:
+            args.append(f"--run {s} {t} {n} {seed} {path}")
+    for t in TRANSFER_TARGETS:
+        for s in TRANSFER_SOURCES:
+            if s != t:
+                zero = f"results/eval/{transfer_source_id(s)}/{t}-test.json"
+                args.append(f"--zero-shot {s} {t} {zero}")
+    return " ".join(args)
+
+
+def report_transfer_targets():
+    if not TRANSFER_TARGETS:
+        return []
+    return ["results/report/transfer.csv", "results/report/transfer.png"]
+
+
+# ---- active learning -------------------------------------------------------------
+# results/active/{domain}/{strategy}/seed{seed}/iter{i}/: selected.jsonl,
+# rest.jsonl (the next pool), selection.json, model/ (model id
+# active-{domain}-{strategy}-seed{seed}-iter{i}). Iteration 0 is the start RM.
+ACTIVE = config["active"]
+ACTIVE_ITERS = list(range(1, int(ACTIVE["iterations"]) + 1))
+ACTIVE_START = ACTIVE["start"]
+
+
+def _active_start():
+    """The start RM's model id (ours, or an external one registered here)."""
+    if re.fullmatch(r"rm-.+-seed\d+", ACTIVE_START):
+        return ACTIVE_START
+    EXTERNAL_MODELS[external_id(ACTIVE_START)] = ACTIVE_START
+    return external_id(ACTIVE_START)
+
+
+ACTIVE_START_ID = _active_start()
+
+
+def _check_active():
+    for domain in ACTIVE["domains"]:
+        if domain not in DOMAINS:
+            raise ValueError(f"active: {domain!r} is not in data.domains {DOMAINS}")
+
+
+_check_active()
+
+
+def active_dir(domain, strategy, seed, i):
+    return f"results/active/{domain}/{strategy}/seed{seed}/iter{i}"
+
+
+ACTIVE_RUNS = [
+    (d, st, seed, i)
+    for d in ACTIVE["domains"]
+    for st in ACTIVE["strategies"]
+    for seed in ACTIVE["seeds"]
+    for i in ACTIVE_ITERS
+]
+ACTIVE_MODELS = {
+    f"active-{d}-{st}-seed{seed}-iter{i}": f"{active_dir(d, st, seed, i)}/model"
+    for d, st, seed, i in ACTIVE_RUNS
+}
+MODEL_TARGETS.update(
+    {f"active-{d}-{st}-seed{seed}-iter{i}": d for d, st, seed, i in ACTIVE_RUNS}
+)
+
+
+wildcard_constraints:
+    strategy="uncertainty|random",
+    iteration=r"[1-9]\d*",
+
+
+def _previous_model(w):
+    """The RM of the iteration before (iteration 0: the start RM)."""
+    i = int(w.iteration)
+    if i == 1:
+        return model_path(ACTIVE_START_ID)
+    return f"{active_dir(w.domain, w.strategy, w.seed, i - 1)}/model"
+
+
+def active_pool_input(w):
+    i = int(w.iteration)
+    if i == 1:
+        return f"results/data/{w.domain}/train.jsonl"
+    return f"{active_dir(w.domain, w.strategy, w.seed, i - 1)}/rest.jsonl"
+
+
+def active_select_model_input(w):
+    return _local_input(_previous_model(w)) if w.strategy == "uncertainty" else []
+
+
+def active_select_model_arg(w):
+    if w.strategy != "uncertainty":
+        return ""
+    return f"--model {shlex.quote(_previous_model(w))}"
+
+
+def active_train_pairs(w):
+    """incremental: the new pairs; cumulative: every pair selected so far."""
+    i = int(w.iteration)
+    iters = [i] if ACTIVE["mode"] == "incremental" else range(1, i + 1)
+    return [
+        f"{active_dir(w.domain, w.strategy, w.seed, j)}/selected.jsonl" for j in iters
+    ]
+
+
+def _active_base(w):
+    """incremental: the current RM; cumulative: the start RM each time."""
+    if ACTIVE["mode"] == "incremental":
+        return _previous_model(w)
+    return model_path(ACTIVE_START_ID)
+
+
+def active_train_base_input(w):
+    return _local_input(_active_base(w))
+
+
+def active_train_base_arg(w):
+    return f"--base {shlex.quote(_active_base(w))}"
+
+
+def active_report_args(wildcards):
+    """report_active's --run and --start arguments."""
+    args = [
+        f"--start {d} results/eval/{ACTIVE_START_ID}/{d}-test.json"
+        for d in ACTIVE["domains"]
+    ]
+    for d, st, seed, i in ACTIVE_RUNS:
+        path = f"results/eval/active-{d}-{st}-seed{seed}-iter{i}/{d}-test.json"
+        n_labelled = i * int(ACTIVE["k"])
+        args.append(f"--run {d} {st} {seed} {i} {n_labelled} {path}")
+    return " ".join(args)
+
+
+def active_evals():
+    runs = [
+        f"results/eval/active-{d}-{st}-seed{seed}-iter{i}/{d}-test.json"
+        for d, st, seed, i in ACTIVE_RUNS
+    ]
+    start = [f"results/eval/{ACTIVE_START_ID}/{d}-test.json" for d in ACTIVE["domains"]]
+    return [*start, *runs]
+
+
+def report_active_targets():
+    if not ACTIVE["domains"]:
+        return []
+    return ["results/report/active.csv", "results/report/active.png"]

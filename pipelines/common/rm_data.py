@@ -6,17 +6,31 @@ conversations (chat template, optional system turn). A pair with a side over
 tokens kept (``over_length="truncate"``, RLHFlow) or removed
 (``over_length="drop"``, DogeRM: MiuLab/DogeRM src/train_rm.py filters out
 pairs over 2048 tokens, ALGORITHMS.md section 4.1); either count is kept.
+
+With ``max_pairs`` > 0 only a seeded draw of that many pairs is used (the
+transfer study's n-curves, ALGORITHMS.md section 6.3): a permutation of the
+loaded pairs (every file concatenated in order, before ``clean_chosen``,
+tokenising and over-length handling, so the draw does not depend on the
+tokenizer or ``max_length``), seeded by ``derive_seed(subset_seed, "subset")``;
+its first ``max_pairs`` entries are kept, in file order. For one seed the draws
+are nested (the 16 pairs of n = 16 are among the 64 of n = 64), so the n-curve
+adds pairs rather than redrawing them and is smoother. With
+``over_length="drop"`` the draw comes first, so fewer than ``max_pairs`` may
+remain (``n_dropped`` says how many went).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipelines.common.cli import UserError
 from pipelines.common.records import read_pairs
+from pipelines.common.seeding import rng_for
 from pipelines.common.tokenization import encode_conversations
 
 if TYPE_CHECKING:
@@ -25,6 +39,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 OVER_LENGTH = ("truncate", "drop")
+# metrics list the drawn ids up to this many; beyond, only their sha256
+MAX_LISTED_IDS = 256
+
+
+class SubsetSizeError(UserError, ValueError):
+    """``max_pairs`` is negative or more than the pairs available."""
 
 
 @dataclass
@@ -40,6 +60,75 @@ class PairData:
     n_dropped: int = 0  # over-length pairs removed (over_length="drop")
     n_over_chosen: int = 0  # sequences over max_length, cut or dropped
     n_over_rejected: int = 0
+    n_available: int = 0  # pairs read from the files, before any draw
+    drawn_ids: list[str] | None = None  # ids of a max_pairs draw, in file order
+
+
+def subset_indices(n_available: int, max_pairs: int, subset_seed: int) -> list[int]:
+    """Indices of a seeded draw of ``max_pairs`` of ``n_available`` pairs.
+
+    A permutation of ``range(n_available)`` by ``random.Random.shuffle`` seeded
+    with ``derive_seed(subset_seed, "subset")``; its first ``max_pairs``
+    entries, sorted. Draws of one seed are nested across ``max_pairs``.
+
+    Args:
+        n_available: the number of pairs loaded.
+        max_pairs: how many to draw; 0 draws all of them.
+        subset_seed: the draw's seed.
+
+    Returns:
+        Sorted indices into the loaded pairs.
+
+    Raises:
+        SubsetSizeError: ``max_pairs`` is negative or above ``n_available``.
+    """
+    if max_pairs < 0:
+        raise SubsetSizeError(f"max_pairs {max_pairs}: must be >= 0 (0 = all pairs)")
+    if max_pairs > n_available:
+        raise SubsetSizeError(
+            f"max_pairs {max_pairs} is more than the {n_available} pairs available"
+        )
+    order = list(range(n_available))
+    if max_pairs == 0:
+        return order
+    rng_for(subset_seed, "subset").shuffle(order)
+    return sorted(order[:max_pairs])
+
+
+def draw_pairs(
+    records: list[dict], max_pairs: int, subset_seed: int, sources: Sequence[Path]
+) -> list[dict]:
+    """The records of :func:`subset_indices` (all of them when ``max_pairs`` is 0).
+
+    Raises:
+        SubsetSizeError: as :func:`subset_indices`, naming ``sources``.
+    """
+    try:
+        keep = subset_indices(len(records), max_pairs, subset_seed)
+    except SubsetSizeError as err:
+        raise SubsetSizeError(f"{[str(p) for p in sources]}: {err}") from None
+    if max_pairs:
+        logger.info(
+            "training on a draw of %d of the %d pairs (subset_seed %d)",
+            max_pairs,
+            len(records),
+            subset_seed,
+        )
+    return [records[i] for i in keep]
+
+
+def subset_record(data: PairData, max_pairs: int, subset_seed: int) -> dict:
+    """What metrics.json says of the draw: sizes, seed, drawn ids (or sha256)."""
+    ids = data.drawn_ids
+    digest = None if ids is None else hashlib.sha256("\n".join(ids).encode())
+    listed = ids is not None and len(ids) <= MAX_LISTED_IDS
+    return {
+        "n_pairs_available": data.n_available,
+        "max_pairs": max_pairs,
+        "subset_seed": subset_seed,
+        "subset_ids": ids if listed else None,
+        "subset_ids_sha256": None if digest is None else digest.hexdigest(),
+    }
 
 
 def without_spurious(record: dict) -> dict:
@@ -64,6 +153,8 @@ def load_pair_data(
     over_length: str = "truncate",
     system_prompt: str | None = None,
     clean_chosen: bool = False,
+    max_pairs: int = 0,
+    subset_seed: int = 0,
 ) -> PairData:
     """Read pair files and tokenise both sides; cut or drop over-length pairs.
 
@@ -82,12 +173,16 @@ def load_pair_data(
         clean_chosen: replace each chosen reply that build_prefs gave spurious
             features by the reply as written before (``metadata.spurious.
             clean_chosen``); pairs without it are used as they are.
+        max_pairs: use a seeded draw of this many pairs (module docstring);
+            0 uses all.
+        subset_seed: the seed of that draw.
 
     Returns:
-        The ids and the truncation / drop counts.
+        The ids, the truncation / drop counts and the draw.
 
     Raises:
         ValueError: no pairs, an unknown ``over_length``, or every pair dropped.
+        SubsetSizeError: ``max_pairs`` above the pairs available (or < 0).
     """
     if over_length not in OVER_LENGTH:
         raise ValueError(f"over_length must be one of {OVER_LENGTH}: {over_length!r}")
@@ -99,6 +194,8 @@ def load_pair_data(
         records.extend(recs)
     if not records:
         raise ValueError(f"no pairs in {[str(p) for p in pairs]}")
+    n_available = len(records)
+    records = draw_pairs(records, max_pairs, subset_seed, pairs)
     if clean_chosen:
         records = [without_spurious(r) for r in records]
     encoded = [
@@ -132,6 +229,8 @@ def load_pair_data(
         n_dropped=n_dropped,
         n_over_chosen=chosen.truncated,
         n_over_rejected=rejected.truncated,
+        n_available=n_available,
+        drawn_ids=[r["id"] for r in records] if max_pairs else None,
     )
     _log_pair_data(data, len(records), max_length, truncation_side)
     return data

@@ -2,9 +2,6 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +9,7 @@ import pandas as pd
 import pytest
 
 from pipelines.report_active import COLUMNS, main, report_active
+from tests.unit.stage_probe import probe_stage
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -213,35 +211,13 @@ def test_report_active_function_returns_the_table(argv, tmp_path):
 
 # python -m pipelines.report_active ARGS in a fresh interpreter; prints the exit
 # code and which of the model stack ended up loaded
-PROBE = """
-import json, runpy, sys
-sys.argv = ["pipelines.report_active", *sys.argv[1:]]
-code = 0
-try:
-    runpy.run_module("pipelines.report_active", run_name="__main__", alter_sys=True)
-except SystemExit as exc:
-    code = exc.code
-stack = ("torch", "transformers", "accelerate", "peft", "datasets", "deepspeed")
-print(json.dumps({"exit": code, "loaded": [m for m in stack if m in sys.modules]}))
-"""
-
-
 @pytest.mark.parametrize("mode", ["help", "real"])
 def test_runs_without_the_model_stack(argv, tmp_path, mode):
     csv, png = outputs(tmp_path)
     args = ["--help"] if mode == "help" else argv
     if mode == "real":
         args = [*args, "--out-csv", str(csv), "--out-png", str(png)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
-    proc = subprocess.run(
-        [sys.executable, "-c", PROBE, *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report == {"exit": 0, "loaded": []}, proc.stderr[-3000:]
+    report, stderr = probe_stage("pipelines.report_active", args)
+    assert report == {"exit": 0, "loaded": []}, stderr
     if mode == "real":
         assert csv.is_file() and png.is_file()

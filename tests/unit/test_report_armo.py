@@ -2,9 +2,6 @@
 
 import copy
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -25,6 +22,7 @@ from pipelines.report_armo import (  # noqa: E402
     read_eval,
     report_armo,
 )
+from tests.unit.stage_probe import probe_stage
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -317,35 +315,13 @@ def test_cli_logs_a_summary_and_names_errors(eval_json, tmp_path, capsys):
 
 # python -m pipelines.report_armo ARGS in a fresh interpreter; prints the exit
 # code and which of the model stack ended up loaded
-PROBE = """
-import json, runpy, sys
-sys.argv = ["pipelines.report_armo", *sys.argv[1:]]
-code = 0
-try:
-    runpy.run_module("pipelines.report_armo", run_name="__main__", alter_sys=True)
-except SystemExit as exc:
-    code = exc.code
-stack = ("torch", "transformers", "accelerate", "peft", "datasets", "deepspeed")
-print(json.dumps({"exit": code, "loaded": [m for m in stack if m in sys.modules]}))
-"""
-
-
 @pytest.mark.parametrize("run", ["help", "real"])
 def test_runs_without_the_model_stack(eval_json, tmp_path, run):
     csv, png = outputs(tmp_path)
     args = ["--help"] if run == "help" else ["--eval", str(eval_json)]
     if run == "real":
         args += ["--out-csv", str(csv), "--out-png", str(png)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
-    proc = subprocess.run(
-        [sys.executable, "-c", PROBE, *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report == {"exit": 0, "loaded": []}, proc.stderr[-3000:]
+    report, stderr = probe_stage("pipelines.report_armo", args)
+    assert report == {"exit": 0, "loaded": []}, stderr
     if run == "real":
         assert csv.is_file() and png.is_file()

@@ -7,9 +7,6 @@ probabilities, softmax) and from scoring the pairs independently with
 
 import itertools
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +26,7 @@ from pipelines.select_active import (
     main,
     select_active,
 )
+from tests.unit.stage_probe import probe_stage
 
 ROOT = Path(__file__).resolve().parents[2]
 MARGINS = np.array([0.1, 0.5, 1.0, 2.0])
@@ -256,19 +254,6 @@ def test_model_is_required_for_uncertainty_and_refused_for_random(tmp_path, caps
         SelectActiveConfig(iteration=0)
 
 
-PROBE = """
-import json, runpy, sys
-sys.argv = ["pipelines.select_active", *sys.argv[1:]]
-code = 0
-try:
-    runpy.run_module("pipelines.select_active", run_name="__main__", alter_sys=True)
-except SystemExit as exc:
-    code = exc.code
-stack = ("torch", "transformers", "accelerate", "peft", "datasets", "deepspeed")
-print(json.dumps({"exit": code, "loaded": [m for m in stack if m in sys.modules]}))
-"""
-
-
 @pytest.mark.parametrize("run", ["help", "random"])
 def test_help_and_random_load_no_torch(tmp_path, run):
     pool = write_pool(tmp_path / "pool.jsonl", 6)
@@ -278,17 +263,8 @@ def test_help_and_random_load_no_torch(tmp_path, run):
         args = ["--pool", str(pool), "--out-selected", str(sel), "--out-rest"]
         args += [str(rest), "--out-report", str(rep), "--strategy", "random"]
         args += ["--k", "3"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-c", PROBE, *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report == {"exit": 0, "loaded": []}, proc.stderr[-3000:]
+    report, stderr = probe_stage("pipelines.select_active", args)
+    assert report == {"exit": 0, "loaded": []}, stderr
     if run == "random":
         assert len(ids(sel)) == 3 and len(ids(rest)) == 3
 

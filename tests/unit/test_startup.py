@@ -47,6 +47,8 @@ TORCH_FREE = (
     "build_armo_data",
     "fit_ridge",
     "report_armo",
+    "report_active",
+    "report_transfer",
 )
 MODEL_STAGES = (
     "train_sft",
@@ -60,6 +62,7 @@ MODEL_STAGES = (
     "train_gating",
     "build_armo",
     "eval_armo",
+    "select_active",  # loads torch only to score the pool (uncertainty)
 )
 # Stages whose --help still loads the model stack: other helpers' modules
 # (issue 11's scoring rewrite) that import torch at the top. Remove an entry
@@ -327,6 +330,7 @@ def _real_runs(root: Path) -> dict[str, tuple[list[str], dict, list[Path]]]:
     gens, scores = _gens_and_scores(root)
     bon = root / "bon" / "ensemble_mean.json"
     report = root / "report"
+    evals = _merged_evals(root)
     return {
         "build_prefs": (
             ["--domain", "general", "--sizes", '{"train": 8, "test": 4}']
@@ -357,6 +361,24 @@ def _real_runs(root: Path) -> dict[str, tuple[list[str], dict, list[Path]]]:
                 root / "armo" / "regression.safetensors",
                 root / "armo" / "regression.json",
             ],
+        ),
+        "report_transfer": (
+            ["--zero-shot", "general", "math", str(evals[0])]
+            + ["--run", "general", "math", "16", "0", str(evals[1])]
+            + ["--ground-truth", "math", "100", str(evals[1])]
+            + ["--out-csv", str(report / "transfer.csv")]
+            + ["--out-png", str(report / "transfer.png")],
+            {},
+            [report / "transfer.csv", report / "transfer.png"],
+        ),
+        "report_active": (
+            ["--start", "math", str(evals[0])]
+            + ["--run", "math", "uncertainty", "0", "1", "5", str(evals[1])]
+            + ["--run", "math", "random", "0", "1", "5", str(evals[0])]
+            + ["--out-csv", str(report / "active.csv")]
+            + ["--out-png", str(report / "active.png")],
+            {},
+            [report / "active.csv", report / "active.png"],
         ),
         "train_tokenizer": (
             ["--data", str(data / "sft.jsonl"), str(data / "train.jsonl")]

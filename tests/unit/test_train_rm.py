@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import signal
@@ -26,6 +28,7 @@ from pipelines.build_prefs import (
     build_prefs,
 )
 from pipelines.common.chat_format import CHAT_TEMPLATE
+from pipelines.common.cli import UserError, dataclass_from_args
 from pipelines.common.io import read_jsonl, write_jsonl
 from pipelines.common.modeling import (
     EOS,
@@ -35,7 +38,11 @@ from pipelines.common.modeling import (
     score_ids,
     train_tokenizer,
 )
-from pipelines.common.rm_data import without_spurious
+from pipelines.common.rm_data import (
+    SubsetSizeError,
+    subset_indices,
+    without_spurious,
+)
 from pipelines.common.seeding import seed_everything
 from pipelines.common.training import (
     cosine_with_warmup,
@@ -48,6 +55,7 @@ from pipelines.train_rm import (
     bt_loss_sum,
     fit_reward_model,
     load_pair_data,
+    make_parser,
     save_reward_model,
     train_rm,
 )
@@ -767,3 +775,78 @@ def test_clean_chosen_restores_the_reply_before_spurious_features(data_dir):
     for rec in plain:
         assert without_spurious(rec) == rec
         assert not any(v is True for v in rec["metadata"]["spurious"].values())
+
+
+# ------------------------------------------------------- seeded subsets (n-curves)
+
+
+def _expected_draw(n_available: int, n: int, seed: int) -> list[int]:
+    """The draw recomputed from its definition: sha256 seed, shuffle, first n."""
+    key = f"{seed}/subset".encode()
+    rng = random.Random(int.from_bytes(hashlib.sha256(key).digest()[:8], "big") >> 1)
+    order = list(range(n_available))
+    rng.shuffle(order)
+    return sorted(order[:n])
+
+
+def test_subset_draw_is_reproducible_nested_and_seeded():
+    draws = {n: subset_indices(200, n, 7) for n in (1, 16, 64, 200)}
+    assert draws[16] == subset_indices(200, 16, 7)  # reproducible
+    assert all(d == sorted(set(d)) and len(d) == n for n, d in draws.items())
+    assert set(draws[1]) <= set(draws[16]) <= set(draws[64]) <= set(draws[200])
+    assert draws[200] == list(range(200))
+    assert subset_indices(200, 0, 7) == list(range(200))  # 0 = all
+    others = [subset_indices(200, 16, s) for s in (0, 1, 2)]
+    assert len({tuple(d) for d in [draws[16], *others]}) == 4  # seeds differ
+
+
+@pytest.mark.parametrize(("n_available", "n", "seed"), [(200, 16, 7), (24, 5, 0)])
+def test_subset_draw_equals_an_independent_computation(n_available, n, seed):
+    assert subset_indices(n_available, n, seed) == _expected_draw(n_available, n, seed)
+
+
+def test_subset_larger_than_the_pairs_fails_naming_both(data_dir, sft_base):
+    tok = load_tokenizer(sft_base)
+    path = data_dir / "small.jsonl"  # 24 pairs
+    with pytest.raises(SubsetSizeError) as err:
+        load_pair_data(
+            [path], tok, max_length=512, truncation_side="left", max_pairs=25
+        )
+    assert isinstance(err.value, UserError)
+    message = str(err.value)
+    assert "max_pairs 25" in message and "24 pairs available" in message
+    assert "small.jsonl" in message
+    with pytest.raises(SubsetSizeError, match="must be >= 0"):
+        subset_indices(24, -1, 0)
+
+
+def test_max_pairs_trains_on_the_draw_and_records_it(data_dir, sft_base, tmp_path):
+    path = data_dir / "small.jsonl"
+    ids = [r["id"] for r in read_jsonl(path)]
+    cfg = replace(QUICK, max_pairs=8, subset_seed=3)
+    out = tmp_path / "rm"
+    metrics = train_rm([path], str(sft_base), out, seed=0, cfg=cfg)
+    assert metrics["n_pairs"] == 8
+    saved = json.loads((out / "metrics.json").read_text())
+    drawn = [ids[i] for i in _expected_draw(24, 8, 3)]
+    assert saved["n_pairs_available"] == 24 and saved["n_pairs"] == 8
+    assert saved["max_pairs"] == 8 and saved["subset_seed"] == 3
+    assert saved["subset_ids"] == drawn
+    digest = hashlib.sha256("\n".join(drawn).encode()).hexdigest()
+    assert saved["subset_ids_sha256"] == digest
+    run_config = json.loads((out / "run_config.json").read_text())
+    assert run_config["config"]["max_pairs"] == 8
+    assert run_config["n_pairs_trained"] == 8
+    full = load_pair_data(
+        [path], load_tokenizer(sft_base), max_length=512, truncation_side="left"
+    )
+    assert full.n_available == 24 and full.drawn_ids is None
+
+
+def test_cli_flags_of_the_draw():
+    base = ["--pairs", "p.jsonl", "--base", "b", "--out", "o", "--seed", "0"]
+    args = make_parser().parse_args([*base, "--max-pairs", "16", "--subset-seed", "2"])
+    cfg = dataclass_from_args(TrainRMConfig, args)
+    assert (cfg.max_pairs, cfg.subset_seed) == (16, 2)
+    default = dataclass_from_args(TrainRMConfig, make_parser().parse_args(base))
+    assert (default.max_pairs, default.subset_seed) == (0, 0)
