@@ -235,6 +235,56 @@ def test_armo_dry_run_lists_only_what_it_needs(snakemake_workdir):
     }
 
 
+def test_an_active_iteration_needs_only_the_iterations_before_it(snakemake_workdir):
+    target = "results/active/math/uncertainty/seed1/iter2/model"
+    res = run_snakemake("-n", "-p", target, workdir=snakemake_workdir)
+    assert res.returncode == 0, res.stderr
+    jobs = _jobs(res.stdout)
+    # iterations 1 and 2 of this strategy and seed only; the start RM and its
+    # ancestors; no other seed, strategy or domain, no evaluation
+    assert jobs["select_active"] == 2 and jobs["train_active"] == 2
+    assert jobs["train_rm"] == 1 and "score_model" not in jobs
+    assert "seed0" not in res.stdout.split("Job stats")[0].replace("seed0.log", "")
+    assert "/random/" not in res.stdout
+    # iteration 2 draws from iteration 1's rest, scored by iteration 1's model
+    out = res.stdout + res.stderr
+    assert "--pool results/active/math/uncertainty/seed1/iter1/rest.jsonl" in out
+    assert "--model results/active/math/uncertainty/seed1/iter1/model" in out
+    # random needs no model to select
+    res = run_snakemake(
+        "-n",
+        "-p",
+        "results/active/math/random/seed0/iter1/selection.json",
+        workdir=snakemake_workdir,
+    )
+    assert res.returncode == 0, res.stderr
+    out = res.stdout + res.stderr
+    assert "--model" not in out and "--strategy random" in out
+
+
+def test_transfer_sizes_add_or_drop_only_their_runs(snakemake_workdir, tmp_path):
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    res = run_snakemake("-n", "all_transfer", workdir=snakemake_workdir)
+    assert res.returncode == 0, res.stderr
+    jobs = _jobs(res.stdout)
+    t = cfg["transfer"]
+    directions = sum(s != g for s in t["sources"] for g in t["targets"])
+    runs = directions * len(t["sizes"]) * len(t["seeds"]) + len(t["targets"])
+    assert jobs["train_transfer"] == runs  # ground truths included
+    more = copy.deepcopy(cfg)
+    more["transfer"]["sizes"] = [*t["sizes"], 32]
+    path = tmp_path / "more.yaml"
+    path.write_text(yaml.safe_dump(more, sort_keys=False))
+    res = run_snakemake(
+        "-n", "-p", "all_transfer", workdir=snakemake_workdir, configfile=path
+    )
+    assert res.returncode == 0, res.stderr
+    grown = _jobs(res.stdout)
+    assert grown["train_transfer"] == runs + directions * len(t["seeds"])
+    out = res.stdout + res.stderr
+    assert "/n32/" in out and "--max-pairs 32 --subset-seed 0" in out
+
+
 def test_ppo_runs_need_only_their_proxies(snakemake_workdir):
     cfg = yaml.safe_load(TINY_CONFIG.read_text())
     n_seeds = len(cfg["rm"]["seeds"])
