@@ -11,7 +11,7 @@ rule select_active:
     benchmark:
         "results/benchmarks/select_active/{domain}/{strategy}/seed{seed}/iter{iteration}.tsv"
     conda:
-        "../envs/train.yaml"
+        "../envs/eval.yaml"
     threads: job_threads("select_active")
     resources:
         **job_resources("select_active"),
