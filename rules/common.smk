@@ -165,8 +165,12 @@ BENCHMARKS = {
 GOLD_LABELLED = "gold-labelled"  # the trainset of pairs labelled by the gold
 # The transfer study starts from the RM of each source domain (rm-<domain>-
 # seed<source_seed>), trained by train_rm like the rm.trainsets.
+# Transfer and active learning run on the configured domains among data.domains
+# (restricting data.domains restricts them too).
 TRANSFER = config["transfer"]
-TRANSFER_RMS = [s for s in TRANSFER["sources"] if s not in TRANSFER["source_models"]]
+TRANSFER_SOURCES = [d for d in TRANSFER["sources"] if d in DOMAINS]
+TRANSFER_TARGETS = [d for d in TRANSFER["targets"] if d in DOMAINS]
+TRANSFER_RMS = [s for s in TRANSFER_SOURCES if s not in TRANSFER["source_models"]]
 TRAINED_SETS = [*RM_TRAINSETS, *(s for s in TRANSFER_RMS if s not in RM_TRAINSETS)]
 
 
@@ -928,20 +932,9 @@ def report_armo_targets():
 # Runs: results/transfer/{source}_to_{target}/n{n}/seed{seed} (model id
 # transfer-{source}-to-{target}-n{n}-seed{seed}); the ground truth is source
 # "scratch" (the target's SFT model with a new head) on all pairs (n "all").
-TRANSFER_TARGETS = list(TRANSFER["targets"])
-TRANSFER_SOURCES = list(TRANSFER["sources"])
 TRANSFER_SIZES = [int(n) for n in TRANSFER["sizes"]]
 TRANSFER_SEEDS = [int(s) for s in TRANSFER["seeds"]]
 SCRATCH = "scratch"
-
-
-def _check_transfer():
-    for name in [*TRANSFER_TARGETS, *TRANSFER_SOURCES]:
-        if name not in DOMAINS:
-            raise ValueError(f"transfer: {name!r} is not in data.domains {DOMAINS}")
-
-
-_check_transfer()
 
 
 def transfer_source_id(source):
@@ -1067,13 +1060,7 @@ def _active_start():
 ACTIVE_START_ID = _active_start()
 
 
-def _check_active():
-    for domain in ACTIVE["domains"]:
-        if domain not in DOMAINS:
-            raise ValueError(f"active: {domain!r} is not in data.domains {DOMAINS}")
-
-
-_check_active()
+ACTIVE_DOMAINS = [d for d in ACTIVE["domains"] if d in DOMAINS]
 
 
 def active_dir(domain, strategy, seed, i):
@@ -1082,7 +1069,7 @@ def active_dir(domain, strategy, seed, i):
 
 ACTIVE_RUNS = [
     (d, st, seed, i)
-    for d in ACTIVE["domains"]
+    for d in ACTIVE_DOMAINS
     for st in ACTIVE["strategies"]
     for seed in ACTIVE["seeds"]
     for i in ACTIVE_ITERS
@@ -1154,7 +1141,7 @@ def active_report_args(wildcards):
     """report_active's --run and --start arguments."""
     args = [
         f"--start {d} results/eval/{ACTIVE_START_ID}/{d}-test.json"
-        for d in ACTIVE["domains"]
+        for d in ACTIVE_DOMAINS
     ]
     for d, st, seed, i in ACTIVE_RUNS:
         path = f"results/eval/active-{d}-{st}-seed{seed}-iter{i}/{d}-test.json"
@@ -1168,11 +1155,11 @@ def active_evals():
         f"results/eval/active-{d}-{st}-seed{seed}-iter{i}/{d}-test.json"
         for d, st, seed, i in ACTIVE_RUNS
     ]
-    start = [f"results/eval/{ACTIVE_START_ID}/{d}-test.json" for d in ACTIVE["domains"]]
+    start = [f"results/eval/{ACTIVE_START_ID}/{d}-test.json" for d in ACTIVE_DOMAINS]
     return [*start, *runs]
 
 
 def report_active_targets():
-    if not ACTIVE["domains"]:
+    if not ACTIVE_DOMAINS:
         return []
     return ["results/report/active.csv", "results/report/active.png"]

@@ -8,8 +8,9 @@ from transformers import AutoModel
 from pipelines.build_armo import BuildArmoConfig, build_armo, main
 from pipelines.common.armo.gating import load_gating
 from pipelines.common.armo.model import ArmoModelError, is_armo_folder, load_armo
-from pipelines.common.modeling import chat_text, load_tokenizer
+from pipelines.common.modeling import chat_text, encode_conversations, load_tokenizer
 from pipelines.common.scoring import (
+    InputSettings,
     ScorerConfig,
     ScoringInput,
     load_scorer,
@@ -98,6 +99,28 @@ def test_the_scorer_loads_it_like_any_rm(parts):
     armo = load_armo(parts["folder"])
     expected = [armo.score(m).score for m in CONVS]  # one at a time
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_a_sequence_cut_before_its_reply_is_gated_at_its_first_token(parts):
+    # max_length 6 cuts the user turn and the pattern away (left truncation)
+    messages = CONVS[2]
+    settings = InputSettings(max_length=6, truncation_side="left")
+    scorer = load_scorer(str(parts["folder"]), ScorerConfig())
+    got = score_inputs(scorer, [ScoringInput("cut", [messages], settings)])["cut"]
+    assert got.truncated.tolist() == [True]
+    assert scorer.model.n_without_prompt == 1
+    tok = load_tokenizer(parts["backbone"])
+    ids = encode_conversations(tok, [messages], max_length=6).ids[0]
+    model = AutoModel.from_pretrained(parts["backbone"]).eval()
+    with torch.no_grad():
+        states = model(input_ids=torch.tensor([ids])).last_hidden_state[0].numpy()
+    rewards = parts["weight"].astype(np.float64) @ states[-1]
+    net, transform, _ = load_gating(parts["gating"])
+    with torch.no_grad():
+        gates = net(torch.as_tensor(states[0])[None])[0].numpy()
+    assert got.scores[0] == pytest.approx(
+        float(gates @ (rewards @ transform)), abs=1e-4
+    )
 
 
 def test_mismatched_parts_are_refused(parts, tmp_path):

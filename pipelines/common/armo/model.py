@@ -27,6 +27,7 @@ backbone's hidden states, so both score with one mechanism.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,8 @@ from pipelines.common.cli import UserError
 
 if TYPE_CHECKING:
     import torch
+
+logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "armo_config.json"
 REGRESSION_FILE = "regression.safetensors"
@@ -137,7 +140,7 @@ def _model_class() -> type:
     import torch
     from torch import nn
 
-    from pipelines.common.armo.backbone import hidden_states, prompt_positions
+    from pipelines.common.armo.backbone import hidden_states, last_occurrence
 
     class ArmoRewardModel(nn.Module):
         """Backbone + head, scoring right-padded id batches like an RM.
@@ -153,6 +156,7 @@ def _model_class() -> type:
             self.config = backbone.config
             self.last_rewards: torch.Tensor | None = None
             self.last_gates: torch.Tensor | None = None
+            self.n_without_prompt = 0
 
         def forward(
             self, input_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -161,10 +165,20 @@ def _model_class() -> type:
             states = hidden_states(self.backbone, input_ids, attention_mask)
             lengths = attention_mask.sum(dim=1)
             seqs = [row[:n].tolist() for row, n in zip(input_ids, lengths, strict=True)]
-            names = [f"scored sequence {i} of its batch" for i in range(len(seqs))]
-            at = torch.as_tensor(
-                prompt_positions(seqs, self.pattern, names), device=states.device
-            )
+            # a sequence truncated on the left may have lost its prompt: it is
+            # gated at its first kept token (the nearest to the prompt), counted
+            found = [last_occurrence(seq, self.pattern) for seq in seqs]
+            lost = sum(pos < 0 for pos in found)
+            if lost:
+                self.n_without_prompt += lost
+                logger.warning(
+                    "%d sequences without the assistant-turn pattern (cut by"
+                    " truncation?) are gated at their first token; %d so far",
+                    lost,
+                    self.n_without_prompt,
+                )
+            found = [max(pos, 0) for pos in found]
+            at = torch.as_tensor(found, device=states.device)
             rows = torch.arange(len(seqs), device=states.device)
             score, rewards, gates = self.head(
                 states[rows, lengths - 1], states[rows, at]
