@@ -24,8 +24,9 @@ formula (:class:`pipelines.common.armo.model.ArmoHead`), strict accuracy
 - ``bt``: the Bradley-Terry RM on the same backbone (``--bt``, its
   ``eval_rm`` result), when the backbone is one;
 - ``scored_accuracy``: the assembled model scored end to end by
-  ``score_model`` / ``eval_rm`` (``--scored``): it must match ``armo`` up to
-  float noise, which checks the model folder against its parts.
+  ``score_model`` / ``eval_rm`` (``--scored``), on the same pairs (those whose
+  embeddings were kept): it must match ``armo`` up to float noise, which
+  checks the model folder against its parts.
 
 Also the mean gate per attribute on each domain's prompts, ``overall`` pooled
 over the domains, and the debiasing's lambdas and Spearman correlations with
@@ -61,6 +62,26 @@ def _read_json(path: Path, key: str) -> object:
     if not isinstance(data, Mapping) or key not in data:
         raise EvalArmoError(f"{path}: no field {key!r}")
     return data[key]
+
+
+def _scored_accuracy(path: Path, ids: Sequence[str]) -> float | None:
+    """Strict accuracy of an eval_rm result on the pairs ``ids``.
+
+    Those whose embeddings were kept: extraction drops over-length rows,
+    where scoring would cut them.
+    """
+    pairs = _read_json(path, "pairs")
+    kept = set(ids)
+    try:
+        got = [(p["chosen"], p["rejected"]) for p in pairs if p["id"] in kept]
+    except (KeyError, TypeError) as err:
+        raise EvalArmoError(f"{path}: field 'pairs': {err!r}") from err
+    if len(got) != len(kept):
+        raise EvalArmoError(
+            f"{path}: scores {len(got)} of the {len(kept)} pairs embedded"
+        )
+    scores = np.asarray(got, dtype=np.float64).reshape(-1, 2)
+    return _accuracy(scores[:, 0], scores[:, 1])
 
 
 def _accuracy(chosen: np.ndarray, rejected: np.ndarray) -> float | None:
@@ -146,7 +167,7 @@ def eval_armo(
             _read_json(bt[domain], "accuracy") if domain in bt else None
         )
         entry["scored_accuracy"] = (
-            _read_json(scored[domain], "accuracy") if domain in scored else None
+            _scored_accuracy(scored[domain], data.ids) if domain in scored else None
         )
         domains[domain] = entry
     overall = _summary(

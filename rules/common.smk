@@ -801,8 +801,9 @@ ARMO_SETS = {
 def _armo_backbone():
     """The backbone's folder or hub id, and its path-safe id."""
     name = ARMO["backbone"]
-    if re.fullmatch(r"rm-.+-seed\d+", name):
-        return model_path(name), name  # an RM of this study (checked there)
+    match = re.fullmatch(r"rm-(?P<trainset>.+)-seed(?P<seed>\d+)", name)
+    if match:  # an RM of this study: train_rm builds it when ArmoRM is asked for
+        return f"results/models/rm/{match['trainset']}/seed{match['seed']}", name
     if name.startswith("sft-") and name.removeprefix("sft-") in DOMAINS:
         return f"results/models/sft/{name.removeprefix('sft-')}", name
     return name, external_id(name)

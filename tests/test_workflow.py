@@ -545,19 +545,22 @@ def test_adding_a_benchmark_rescores_each_model_once_and_nothing_upstream(
     n_merged = len(cfg["merge"]["domains"]) * len(cfg["merge"]["weights"])
     n_benchmarks = len(cfg["data"]["domains"]) + 1
     n_bon = len(cfg["bon"]["uwo_weights"]) + 3
+    n_scored = n_rms + n_merged + 1  # and the ArmoRM
     assert jobs == {
-        "score_model": n_rms + n_merged,
-        "eval_rm": (n_rms + n_merged) * n_benchmarks,  # read the new stores
+        "score_model": n_scored,
+        "eval_rm": n_scored * n_benchmarks,  # read the new stores
         "bon_single": len(cfg["rm"]["seeds"]),  # idem: cheap, torch-free
         "bon_ensemble": n_bon,
         "report_eval": 1,
         "report_bon": 1,
         "report_dogerm": 1,
         "report_summary": 1,  # the opening page reads the evals and tables
+        "eval_armo": 1,  # reads the ArmoRM's rewritten domain evals
+        "report_armo": 1,
         "all": 1,
     }
     scoring = [b for r, b in _job_blocks(res.stdout) if r == "score_model"]
-    assert len(scoring) == n_rms + n_merged
+    assert len(scoring) == n_scored
     for block in scoring:
         assert "Params have changed since last execution" in block
         assert "--benchmark extra" in block

@@ -164,3 +164,36 @@ def test_missing_fields_are_named(files, tmp_path):
     argv += ["--model-id", "a", "--backbone", "b", "--out", str(files["out"])]
     assert main(argv) == 2  # "nobt.json: no field 'accuracy'", one line
     assert main([*argv[:3], *argv[6:]]) == 0
+
+
+def test_scored_accuracy_counts_only_the_embedded_pairs(files, tmp_path):
+    data = files["sets"]["code"]
+    pairs = [{"id": i, "chosen": 1.0, "rejected": 0.0} for i in data.ids]
+    pairs[0]["rejected"] = 1.0  # a tie: wrong
+    pairs.append({"id": "dropped-at-extraction", "chosen": 0.0, "rejected": 5.0})
+    scored = tmp_path / "scored.json"
+    scored.write_text(json.dumps({"accuracy": 0.1, "pairs": pairs}))
+    got = eval_armo(
+        {"code": files["tests"]["code"]},
+        files["regression"],
+        files["gating"],
+        files["report"],
+        files["out"],
+        model_id="a",
+        backbone="b",
+        scored={"code": scored},
+    )
+    n = len(data.ids)
+    assert got["domains"]["code"]["scored_accuracy"] == pytest.approx((n - 1) / n)
+    scored.write_text(json.dumps({"accuracy": 0.1, "pairs": pairs[2:]}))
+    with pytest.raises(EvalArmoError, match=f"scores {n - 2} of the {n} pairs"):
+        eval_armo(
+            {"code": files["tests"]["code"]},
+            files["regression"],
+            files["gating"],
+            files["report"],
+            files["out"],
+            model_id="a",
+            backbone="b",
+            scored={"code": scored},
+        )
