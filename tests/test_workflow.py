@@ -572,10 +572,12 @@ def test_adding_a_benchmark_rescores_each_model_once_and_nothing_upstream(
     res = run_snakemake("-n", "all", workdir=work, configfile=path)
     assert res.returncode == 0, res.stderr
     assert _jobs(res.stdout) == {
-        "eval_rm": (n_rms + n_merged) * (n_benchmarks - 1),
+        "eval_rm": n_scored * (n_benchmarks - 1),
         "report_eval": 1,
         "report_dogerm": 1,
         "report_summary": 1,
+        "eval_armo": 1,  # the ArmoRM's evals are rewritten
+        "report_armo": 1,
         "all": 1,
     }
 
