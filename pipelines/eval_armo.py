@@ -36,7 +36,6 @@ verbosity (from ``--gating-report``). Output layout: see :func:`eval_armo`.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.common.cli import UserError, handle_user_errors
-from pipelines.common.io import write_json
+from pipelines.common.io import read_json_object, write_json
 from pipelines.common.logs import log_run_header, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -55,11 +54,8 @@ class EvalArmoError(UserError, ValueError):
 
 
 def _read_json(path: Path, key: str) -> object:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise EvalArmoError(f"{path}: no such file") from err
-    if not isinstance(data, Mapping) or key not in data:
+    data = read_json_object(path)
+    if key not in data:
         raise EvalArmoError(f"{path}: no field {key!r}")
     return data[key]
 
@@ -189,7 +185,7 @@ def eval_armo(
         else:
             overall[key] = pooled_acc
     _read_json(gating_report, "attributes")  # a named error when it is not one
-    report = json.loads(Path(gating_report).read_text(encoding="utf-8"))
+    report = read_json_object(gating_report)
     result = {
         "model_id": model_id,
         "backbone": backbone,

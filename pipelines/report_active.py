@@ -31,7 +31,6 @@ uncertainty against random; each seed thin, the mean thick with a band of
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -44,7 +43,11 @@ import pandas as pd
 
 from pipelines.common.cli import UserError, handle_user_errors
 from pipelines.common.figures import pyplot, save_png
-from pipelines.common.io import InputFileError, MissingInputError, atomic_open
+from pipelines.common.io import (
+    InputFileError,
+    atomic_open,
+    read_json_object,
+)
 from pipelines.common.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -104,20 +107,7 @@ def read_eval(path: Path) -> Eval:
             a number (the message names the file and the key).
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as err:
-        raise MissingInputError(f"{path}: file not found") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputFileError(f"{path}: cannot read: {err}") from err
-    try:
-        result = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputFileError(
-            f"{path}: not JSON ({err.msg}, line {err.lineno})"
-        ) from err
-    if not isinstance(result, dict):
-        raise InputFileError(f"{path}: expected a JSON object (an eval_rm result)")
+    result = read_json_object(path)
     for key in ("accuracy", "n_pairs"):
         if key not in result:
             raise InputFileError(f"{path}: {key}: missing")

@@ -26,7 +26,6 @@ correlations with verbosity before and after debiasing
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 from collections.abc import Mapping
@@ -40,9 +39,9 @@ from pipelines.common.figure_armo import armo_figure
 from pipelines.common.figures import save_png
 from pipelines.common.io import (
     InputFileError,
-    MissingInputError,
     atomic_open,
     field_path,
+    read_json_object,
 )
 from pipelines.common.logs import setup_logging
 
@@ -214,20 +213,7 @@ def read_eval(path: Path) -> ArmoEval:
             accuracy outside [0, 1], a Spearman outside [-1, 1].
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as err:
-        raise MissingInputError(f"{path}: file not found") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputFileError(f"{path}: cannot read: {err}") from err
-    try:
-        result = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputFileError(
-            f"{path}: malformed JSON: {err.msg} at line {err.lineno} column {err.colno}"
-        ) from err
-    if not isinstance(result, dict):
-        raise InputFileError(f"{path}: expected a JSON object")
+    result = read_json_object(path)
     reader = _Reader(path)
     attributes = _read_attributes(reader, result)
     debiased, where = reader.get(result, "train_on_debiased")

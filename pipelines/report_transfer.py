@@ -31,7 +31,6 @@ heatmap of transferability (:mod:`pipelines.common.figure_transfer`).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import statistics
@@ -44,7 +43,11 @@ import pandas as pd
 from pipelines.common.cli import UserError, handle_user_errors
 from pipelines.common.figure_transfer import transfer_figure
 from pipelines.common.figures import save_png
-from pipelines.common.io import InputFileError, MissingInputError, atomic_open
+from pipelines.common.io import (
+    InputFileError,
+    atomic_open,
+    read_json_object,
+)
 from pipelines.common.logs import setup_logging
 from pipelines.common.transfer import pairs_to_match, transferability
 
@@ -99,14 +102,7 @@ def read_accuracy(path: Path) -> tuple[float, int]:
             integer >= 1.
     """
     path = Path(path)
-    try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise MissingInputError(f"{path}: file not found") from err
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputFileError(f"{path}: cannot read as JSON: {err}") from err
-    if not isinstance(result, dict):
-        raise InputFileError(f"{path}: expected a JSON object (an eval_rm result)")
+    result = read_json_object(path)
     for key in ("accuracy", "n_pairs"):
         if key not in result:
             raise InputFileError(f"{path}: key '{key}': missing (an eval_rm result?)")
@@ -135,12 +131,7 @@ def _n_t(value: str) -> int:
     if value.isdigit():
         return _int(value, "N_T", "--ground-truth", 1)
     path = Path(value)
-    try:
-        n = json.loads(path.read_text(encoding="utf-8")).get("n_pairs")
-    except FileNotFoundError as err:
-        raise MissingInputError(f"{path}: file not found") from err
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
-        raise InputFileError(f"{path}: cannot read as a JSON object: {e}") from e
+    n = read_json_object(path).get("n_pairs")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InputFileError(f"{path}: key 'n_pairs': expected >= 1, got {n!r:.40}")
     return n

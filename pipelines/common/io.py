@@ -438,6 +438,31 @@ def _refuse_pretty_json(source: str, line: int, opener: bytes) -> None:
     )
 
 
+def read_json_object(path: Path | str) -> dict:
+    """A JSON file holding one object (a stage's result or metrics).
+
+    Raises:
+        MissingInputError: when ``path`` does not exist.
+        InputFileError: when it is unreadable, not JSON or not an object.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise MissingInputError(f"{path}: file not found") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputFileError(f"{path}: cannot read: {err}") from err
+    try:
+        result = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputFileError(
+            f"{path}: malformed JSON: {err.msg} at line {err.lineno} column {err.colno}"
+        ) from err
+    if not isinstance(result, dict):
+        raise InputFileError(f"{path}: expected a JSON object")
+    return result
+
+
 def iter_jsonl(path: Path | str) -> Iterator[tuple[int, object | LineProblem]]:
     r"""Yield ``(line number, parsed value or problem)`` of a JSON-lines file.
 
