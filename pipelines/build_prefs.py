@@ -183,21 +183,25 @@ def _generated(
     module = domain_module(domain)
     opts = verifier.kwargs(domain)
     counts = {s: cfg.sizes[s] for s in splits}
-    drafts, sft_drafts = module.generate(
-        counts, cfg.sft_size, seed=cfg.seed, workers=workers, **opts
-    )
-    staged: list[tuple[str, PairDraft, str, dict]] = []
-    for split in splits:
-        for d in drafts[split]:
-            rng = rng_for(cfg.seed, domain, "spurious", d.id)
-            chosen, spurious = _inject(d.chosen, rng, cfg)
-            staged.append((split, d, chosen, spurious))
-    # Re-verify every final response from its task alone: chosen after the
-    # injection, rejected as written, SFT replies too.
-    items = [(d.task, chosen) for _, d, chosen, _ in staged]
-    items += [(d.task, d.rejected) for _, d, _, _ in staged]
-    items += [(s.task, s.response) for s in sft_drafts]
-    verdicts = module.verify_many(items, workers=workers, **opts)
+    with verifier.remembering(domain):
+        drafts, sft_drafts = module.generate(
+            counts, cfg.sft_size, seed=cfg.seed, workers=workers, **opts
+        )
+        staged: list[tuple[str, PairDraft, str, dict]] = []
+        for split in splits:
+            for d in drafts[split]:
+                rng = rng_for(cfg.seed, domain, "spurious", d.id)
+                chosen, spurious = _inject(d.chosen, rng, cfg)
+                staged.append((split, d, chosen, spurious))
+        # Re-verify every final response from its task alone: chosen after the
+        # injection, rejected as written, SFT replies too. A code response
+        # whose program already ran to a verdict in generation is not run twice
+        # (VerifierOptions.remembering): what is checked here is that each
+        # final text still yields that program for that task.
+        items = [(d.task, chosen) for _, d, chosen, _ in staged]
+        items += [(d.task, d.rejected) for _, d, _, _ in staged]
+        items += [(s.task, s.response) for s in sft_drafts]
+        verdicts = module.verify_many(items, workers=workers, **opts)
     used = verifier_record(domain, verifier)
     n = len(staged)
     chosen_ok, rejected_ok, sft_ok = (

@@ -144,6 +144,8 @@ def all_targets():
         *report_dogerm_targets(),
         *report_ppo_targets(),
         *report_armo_targets(),
+        *report_transfer_targets(),
+        *report_active_targets(),
     ]
 
 

@@ -38,6 +38,8 @@ PLOTS = {
     "results/report/dogerm.png",
     "results/report/ppo.png",
     "results/report/armo.png",
+    "results/report/transfer.png",
+    "results/report/active.png",
 }
 TABLES = {
     "results/report/eval.csv",
@@ -46,6 +48,8 @@ TABLES = {
     "results/report/ppo.csv",
     "results/report/ppo_summary.csv",
     "results/report/armo.csv",
+    "results/report/transfer.csv",
+    "results/report/active.csv",
     "results/report/headline.csv",
     "results/report/config.yaml",
 }
@@ -362,6 +366,7 @@ def test_every_registered_table_is_there_with_a_caption(tiny_run, browser):
         "4 DogeRM",
         "5 PPO",
         "6 ArmoRM",
+        "7 Transfer and active learning",
     ]
     for path in sorted(TABLES):
         entry = results[path]

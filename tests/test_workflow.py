@@ -1,6 +1,7 @@
 """Snakemake end to end: dry runs, the tiny all_data study, and bad input."""
 
 import copy
+import csv
 import json
 import os
 import random
@@ -400,9 +401,64 @@ def test_all_tiny_end_to_end(snakemake_workdir, tmp_path):
         for i in range(cfg["armo"]["shards"])
     ]
     assert (work / "results/report/armo.png").read_bytes()[:8] == png
+    _check_transfer_and_active(work, cfg)
     res = run_snakemake("-n", "all", workdir=work)
     assert "Nothing to be done" in res.stdout + res.stderr
     _inspect_and_rerun(work, cfg, tmp_path)
+
+
+def _ids(path):
+    return [json.loads(line)["id"] for line in path.read_text().splitlines()]
+
+
+def _check_transfer_and_active(work, cfg):
+    """Both studies ran in `all`: their reports hold every eval they read."""
+    with open(work / "results/report/transfer.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    t = cfg["transfer"]
+    runs = [r for r in rows if r["kind"] == "run"]
+    assert len(runs) == sum(s != g for s in t["sources"] for g in t["targets"]) * len(
+        t["sizes"]
+    ) * len(t["seeds"])
+    assert {r["target"] for r in rows if r["kind"] == "ground_truth"} == set(
+        t["targets"]
+    )
+    for r in rows:
+        if r["eval_json"]:
+            result = json.loads((work / r["eval_json"]).read_text())
+            assert float(r["accuracy"]) == pytest.approx(result["accuracy"], abs=1e-6)
+            assert result["n_pairs"] == int(r["n_test_pairs"])
+    a = cfg["active"]
+    with open(work / "results/report/active.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for domain in a["domains"]:
+        train = _ids(work / f"results/data/{domain}/train.jsonl")
+        for strategy in a["strategies"]:
+            for seed in a["seeds"]:
+                run = work / f"results/active/{domain}/{strategy}/seed{seed}"
+                pool, drawn = set(train), set()
+                for i in range(1, a["iterations"] + 1):
+                    picked = _ids(run / f"iter{i}/selected.jsonl")
+                    rest = _ids(run / f"iter{i}/rest.jsonl")
+                    # k new pairs from the pool, the rest is the next pool
+                    assert len(picked) == a["k"] and set(picked) <= pool
+                    assert set(rest) == pool - set(picked) and not drawn & set(picked)
+                    pool, drawn = set(rest), drawn | set(picked)
+                    row = [
+                        r
+                        for r in rows
+                        if (r["strategy"], r["seed"], r["iteration"])
+                        == (strategy, str(seed), str(i))
+                    ]
+                    assert len(row) == 1 and int(row[0]["n_labelled"]) == len(drawn)
+                    result = json.loads((work / row[0]["eval_json"]).read_text())
+                    assert float(row[0]["accuracy"]) == pytest.approx(
+                        result["accuracy"], abs=1e-6
+                    )
+    for name in ("transfer", "active"):
+        assert (work / f"results/report/{name}.png").read_bytes()[
+            :8
+        ] == b"\x89PNG\r\n\x1a\n"
 
 
 def _inspect_and_rerun(work, cfg, tmp_path):

@@ -30,6 +30,7 @@ domain's verdicts were produced with, for the outputs that carry them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -65,6 +66,19 @@ class VerifierOptions:
     def kwargs(self, name: str) -> dict[str, str]:
         """Keyword arguments of domain ``name``'s generate/verify_many/format_ok."""
         return {"mode": self.math_extraction} if name == "math" else {}
+
+    def remembering(self, name: str) -> contextlib.AbstractContextManager:
+        """A block in which domain ``name``'s identical checks run once.
+
+        ``code``: :func:`pipelines.domains.code_check.remembered_verdicts` (a
+        sandboxed check is a program run; math and general checks are cheap
+        pure functions and need no memory).
+        """
+        if name == "code":
+            from pipelines.domains.code_check import remembered_verdicts
+
+            return remembered_verdicts()
+        return contextlib.nullcontext()
 
     def apply(self) -> None:
         """Select the sandbox backend for this process (code verification)."""

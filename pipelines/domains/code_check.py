@@ -68,16 +68,18 @@ from __future__ import annotations
 
 import ast
 import builtins
+import contextlib
 import functools
+import hashlib
 import json
 import logging
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.common.sandbox import RunResult, SandboxLimits, run_many
+from pipelines.common.sandbox import RunResult, SandboxLimits, backend, run_many
 from pipelines.domains.code_harness import MARKER
 
 logger = logging.getLogger(__name__)
@@ -96,11 +98,14 @@ class CheckRun:
         program: the harness followed by a call with the candidate's code.
         stdin: the secret part (nonce, test, trusted helpers) as JSON.
         nonce: the run's nonce, to find in the run's stdout.
+        identity: everything the run's outcome depends on but the nonce and the
+            limits (program, test, trusted helpers), for :func:`remembered_verdicts`.
     """
 
     program: str
     stdin: str
     nonce: str
+    identity: str = ""
 
 
 @dataclass(frozen=True)
@@ -250,11 +255,19 @@ def prepare(task: Mapping[str, str], code: str) -> CheckRun:
             f"code task {task.get('task_id')!r}: field 'test' does not parse: {exc}"
         ) from None
     nonce = secrets.token_hex(16)
-    secret = {"nonce": nonce, "test": test, "prelude": prelude, "remote": remote}
+    secret = {"test": test, "prelude": prelude, "remote": remote}
     program = (
         f"{_harness_source()}\n\nraise SystemExit(main({code!r}, {entry_point!r}))\n"
     )
-    return CheckRun(program=program, stdin=json.dumps(secret), nonce=nonce)
+    identity = hashlib.sha256(
+        json.dumps([program, secret], sort_keys=True).encode()
+    ).hexdigest()
+    return CheckRun(
+        program=program,
+        stdin=json.dumps({"nonce": nonce, **secret}),
+        nonce=nonce,
+        identity=identity,
+    )
 
 
 def verdict(check: CheckRun, run: RunResult) -> Verdict:
@@ -277,6 +290,62 @@ def verdict(check: CheckRun, run: RunResult) -> Verdict:
     return Verdict(status=UNVERIFIED, run=run)
 
 
+# Outcomes a rerun of the same program under the same backend and memory,
+# file-size, process and output limits reproduces, given at least as much time:
+# a completed check, or a program that ended with an error of its own (a failed
+# assert, an exception). Timeouts and kills by the limits are always run again.
+DETERMINED = ("ok", "error")
+_memo: dict[tuple, tuple[SandboxLimits, Verdict]] | None = None
+
+
+@contextlib.contextmanager
+def remembered_verdicts() -> Iterator[None]:
+    """Within the block, a check already run to a determined verdict runs once.
+
+    ``build_prefs`` verifies every candidate while generating, then re-verifies
+    each final response from its task alone; a final response whose code is the
+    one already checked (the chosen reply after injected preambles, the rejected
+    mutant, the SFT reply) would repeat the very same sandboxed program. A check
+    is looked up by its program, test and trusted helpers (not its nonce), the
+    backend and the limits other than time; a remembered verdict answers only a
+    check with at least the wall-clock and CPU limits it ran under, and only when
+    it is in :data:`DETERMINED`. Code that changed, moved to another task or ran
+    into a limit runs again. Nests; the outermost block forgets on exit.
+    """
+    global _memo
+    outer = _memo is None
+    if outer:
+        _memo = {}
+    try:
+        yield
+    finally:
+        if outer:
+            _memo = None
+
+
+def _memo_key(check: CheckRun, limits: SandboxLimits) -> tuple:
+    return (
+        check.identity,
+        backend(),
+        limits.mem_mb,
+        limits.fsize_mb,
+        limits.nproc,
+        limits.output_bytes,
+    )
+
+
+def _remembered(check: CheckRun, limits: SandboxLimits) -> Verdict | None:
+    if _memo is None:
+        return None
+    found = _memo.get(_memo_key(check, limits))
+    if found is None:
+        return None
+    ran_under, result = found
+    if limits.wall_s >= ran_under.wall_s and limits.cpu_s >= ran_under.cpu_s:
+        return result
+    return None
+
+
 def run_checks(
     items: Sequence[tuple[Mapping[str, str], str]],
     *,
@@ -292,7 +361,8 @@ def run_checks(
         workers: parallel sandbox processes.
 
     Returns:
-        One verdict per item, in order.
+        One verdict per item, in order (inside :func:`remembered_verdicts`, a
+        remembered one where it applies).
 
     Raises:
         ValueError: a task is malformed (see :func:`prepare`).
@@ -300,19 +370,33 @@ def run_checks(
     checks = [prepare(task, code) for task, code in items]
     if not checks:
         return []
-    runs = run_many(
-        [c.program for c in checks],
-        stdins=[c.stdin for c in checks],
-        limits=limits,
-        workers=workers,
+    verdicts: list[Verdict | None] = [_remembered(c, limits) for c in checks]
+    todo = [i for i, v in enumerate(verdicts) if v is None]
+    if len(todo) < len(checks):
+        logger.info(
+            "%d of %d code checks already ran", len(checks) - len(todo), len(checks)
+        )
+    runs = (
+        run_many(
+            [checks[i].program for i in todo],
+            stdins=[checks[i].stdin for i in todo],
+            limits=limits,
+            workers=workers,
+        )
+        if todo
+        else []
     )
-    verdicts = [verdict(c, r) for c, r in zip(checks, runs, strict=True)]
-    forged = sum(v.status == UNVERIFIED for v in verdicts)
+    for i, run in zip(todo, runs, strict=True):
+        verdicts[i] = judged = verdict(checks[i], run)
+        if _memo is not None and judged.status in DETERMINED:
+            _memo[_memo_key(checks[i], limits)] = (limits, judged)
+    fresh = [verdicts[i] for i in todo]
+    forged = sum(v.status == UNVERIFIED for v in fresh)
     if forged:
         logger.warning("%d code checks exited 0 without completing the check", forged)
-    if any(v.landlock == 0 for v in verdicts):
+    if any(v.landlock == 0 for v in fresh):
         _warn_unconfined()
-    return verdicts
+    return verdicts  # type: ignore[return-value]
 
 
 @functools.cache

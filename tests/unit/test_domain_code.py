@@ -10,7 +10,8 @@ import re
 
 import pytest
 
-from pipelines.domains import PairDraft, SftDraft, code
+from pipelines.common.sandbox import SandboxLimits
+from pipelines.domains import PairDraft, SftDraft, code, code_check
 from pipelines.domains.code_tasks import FAMILIES, make_task, seeded_task
 from pipelines.domains.mutate import OPERATORS
 
@@ -230,3 +231,46 @@ def test_malformed_task_is_an_error_naming_the_field():
     with pytest.raises(ValueError, match=r"'test' must be a string") as info:
         code.verify_many([(task, reply), (broken, reply)], workers=1)
     assert task["task_id"] in str(info.value)
+
+
+def test_remembered_verdicts_run_a_check_once_and_only_a_determined_one(monkeypatch):
+    ran = []
+    real = code_check.run_many
+
+    def counting(programs, **kw):
+        ran.append(len(programs))
+        return real(programs, **kw)
+
+    monkeypatch.setattr(code_check, "run_many", counting)
+    task = seeded_task(0, 0)
+    good = task["prompt"] + task["canonical_solution"]
+    wrong = task["prompt"] + "    return None\n"
+    loops = task["prompt"] + "    while True:\n        pass\n"
+    short = SandboxLimits(wall_s=1.0, cpu_s=1)
+    items = [(task, good), (task, wrong), (task, loops)]
+    # the truth, by hand: the reference passes, None fails its asserts, the loop
+    # is stopped by the clock
+    expected = ["ok", "error", "timeout"]
+
+    def statuses(limits):
+        return [v.status for v in code_check.run_checks(items, limits=limits)]
+
+    with code_check.remembered_verdicts():
+        assert statuses(short) == expected and ran == [3]
+        # more time: the pass and the error are remembered, the timeout reruns
+        assert statuses(SandboxLimits(wall_s=2.0, cpu_s=2)) == expected
+        assert ran == [3, 1]
+        # less time than they ran with, or another memory limit: all run again
+        assert statuses(SandboxLimits(wall_s=0.9, cpu_s=1)) == expected
+        assert statuses(SandboxLimits(wall_s=1.0, cpu_s=1, mem_mb=512)) == expected
+        assert ran == [3, 1, 3, 3]
+        # other code, or the same code under another task's test: runs
+        other = seeded_task(0, 1)  # the next family: another entry point
+        fixed = good + "\n# changed\n"
+        got = code_check.run_checks([(task, fixed), (other, good)], limits=short)
+        assert got[0].status == "ok" and ran[-1] == 2
+        assert got[1].status == "error"  # its test calls a function not defined
+        with code_check.remembered_verdicts():  # nested: same memory
+            assert statuses(short)[:2] == expected[:2] and ran[-1] == 1
+    # outside the block nothing is remembered
+    assert statuses(short) == expected and ran[-1] == 3
