@@ -30,6 +30,10 @@ rule train_sft:
         "logs/train_sft/{domain}.log",
     benchmark:
         "results/benchmarks/train_sft/{domain}.tsv"
+    # the domain LMs (the tiny study's longest jobs) feed DogeRM and the
+    # transfer ground truths: start them after the over-optimisation chain
+    # (priority 20) but before the many short jobs that are ready by then
+    priority: 5
     conda:
         "../envs/train.yaml"
     threads: job_threads("train_sft")

@@ -168,6 +168,15 @@ class _Candidate:
     def response(self, code: str) -> str:
         return f"{self.lead}\n\n```python\n{code}\n```"
 
+    def as_answered(self, code: str) -> str:
+        """``code`` exactly as a verifier reads it back from :meth:`response`.
+
+        Generation checks this text, so that re-verifying a final record runs
+        the very program already run (and, under ``remembered_verdicts``, not
+        again).
+        """
+        return extract_code(self.response(code))
+
 
 def _candidate(
     problem: dict, *, source: str, seed: int, with_mutants: bool
@@ -200,7 +209,7 @@ def _candidate(
 
 
 def _check_references(cands: list[_Candidate], workers: int) -> None:
-    pairs = [(c.task, c.code) for c in cands]
+    pairs = [(c.task, c.as_answered(c.code)) for c in cands]
     results = run_checks(pairs, limits=VERIFY_LIMITS, workers=workers)
     for cand, result in zip(cands, results, strict=True):
         cand.reference_ok = result.passed
@@ -230,7 +239,7 @@ def _find_failing_mutants(cands: list[_Candidate], workers: int) -> None:
             cand.tried += size
         if not owners:
             break
-        pairs = [(c.task, m[1]) for c, m in owners]
+        pairs = [(c.task, c.as_answered(m[1])) for c, m in owners]
         results = run_checks(pairs, limits=MUTANT_LIMITS, workers=workers)
         for (cand, mutant), result in zip(owners, results, strict=True):
             if cand.rejected is None and result.status == "error":

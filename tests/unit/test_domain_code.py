@@ -274,3 +274,30 @@ def test_remembered_verdicts_run_a_check_once_and_only_a_determined_one(monkeypa
             assert statuses(short)[:2] == expected[:2] and ran[-1] == 1
     # outside the block nothing is remembered
     assert statuses(short) == expected and ran[-1] == 3
+
+
+def test_re_verifying_generated_records_runs_no_check_again(monkeypatch):
+    # build_prefs generates, then re-verifies every final response inside one
+    # remembered_verdicts block: the final texts must yield the very programs
+    # generation ran, so the second pass runs nothing (and still says the same)
+    ran = []
+    real = code_check.run_many
+
+    def counting(programs, **kw):
+        ran.append(len(programs))
+        return real(programs, **kw)
+
+    monkeypatch.setattr(code_check, "run_many", counting)
+    with code_check.remembered_verdicts():
+        splits, sft = code.generate({"train": 3, "test": 2}, 2, seed=1, workers=2)
+        generated = sum(ran)
+        pairs = [d for drafts in splits.values() for d in drafts]
+        items = [(d.task, d.chosen) for d in pairs]
+        items += [(d.task, d.rejected) for d in pairs]
+        items += [(s.task, s.response) for s in sft]
+        verdicts = code.verify_many(items, workers=2)
+    assert generated >= len(items) and sum(ran) == generated
+    assert verdicts == [True] * len(pairs) + [False] * len(pairs) + [True] * len(sft)
+    # and without the block, the same check runs every time
+    ran.clear()
+    assert code.verify_many(items[:1], workers=1) == [True] and ran == [1]
