@@ -35,6 +35,9 @@ GPU_RULES = {
     "eval_rewardbench",
     "generate_candidates",
     "label_gold",
+    "train_transfer",
+    "train_active",
+    "select_active",
 }
 # Torch-free and seconds long: run by Snakemake itself, never queued on Slurm.
 LOCAL_RULES = ("all", "report_", "bon_", "eval_rm")
@@ -109,15 +112,37 @@ def test_cluster_preset_dag_builds_offline_with_gpu_resources():
     )
     jobs = _jobs(out)
     preset = yaml.safe_load((ROOT / "presets" / "cluster.yaml").read_text())
+    base = yaml.safe_load((ROOT / "workflow_config.yaml").read_text())
     n_seeds = len(preset["rm"]["seeds"])
-    assert jobs["train_rm"] == 2 * n_seeds  # two trainsets of the default config
+    # transfer and active learning: the preset's sizes over the default
+    # config's directions and strategies
+    t = {**base["transfer"], **preset["transfer"]}
+    a = {**base["active"], **preset["active"]}
+    directions = sum(s != g for s in t["sources"] for g in t["targets"])
+    transfer_runs = directions * len(t["sizes"]) * len(t["seeds"]) + len(t["targets"])
+    assert jobs["train_transfer"] == transfer_runs == 4 * 5 + 2
+    active_runs = (
+        len(a["domains"]) * len(a["strategies"]) * len(a["seeds"]) * a["iterations"]
+    )
+    assert jobs["train_active"] == jobs["select_active"] == active_runs == 36
+    # the default config's two trainsets, and the source RMs of the other
+    # transfer sources (math, code: one seed each)
+    sources = [s for s in t["sources"] if s not in base["rm"]["trainsets"]]
+    assert jobs["train_rm"] == 2 * n_seeds + len(sources) == 12
     assert jobs["merge_dogerm"] == 2 * len(preset["merge"]["weights"]) == 42
     assert "train_tokenizer" not in jobs  # hub tokenizer, no tiny BPE
     # one GPU job scores a model on everything: every RM and every merge once
-    # ... and the ArmoRM and its backbone (the hub BT RM it is compared with)
-    assert jobs["score_model"] == jobs["train_rm"] + jobs["merge_dogerm"] + 2
-    # 3 test splits and RewardBench each; the backbone on the test splits only
-    assert jobs["eval_rm"] == (jobs["score_model"] - 1) * 4 + 3
+    # ... the ArmoRM and its backbone (the hub BT RM it is compared with), and
+    # every transfer and active-learning model
+    assert jobs["score_model"] == (
+        jobs["train_rm"] + jobs["merge_dogerm"] + 2 + transfer_runs + active_runs
+    )
+    # 3 test splits and RewardBench each; the backbone on the test splits only;
+    # transfer sources, transferred and active models on their target's split
+    studied = 2 * n_seeds + jobs["merge_dogerm"] + 1
+    assert jobs["eval_rm"] == (
+        studied * 4 + 3 + len(sources) + transfer_runs + active_runs
+    )
     # PPO: every objective of the default config for every seed of the preset
     assert jobs["train_ppo"] == 4 * len(preset["ppo"]["seeds"])
     # ArmoRM: every data set (multi-objective, preference, reference and the
