@@ -665,13 +665,35 @@ def score_model_gens(wildcards):
     )
 
 
+def _study_only_splits(model_id):
+    """The test splits an RM that no rm.trainsets seed is (a transfer source of
+    its own domain) is evaluated on: its transfer targets' and, as the active
+    start, the active domains'; None for every other model."""
+    if model_id in rm_model_ids():
+        return None
+    splits = [
+        f"{t}-test"
+        for s in TRANSFER_RMS
+        if transfer_source_id(s) == model_id
+        for t in TRANSFER_TARGETS
+        if t != s
+    ]
+    if model_id == ACTIVE_START_ID:
+        splits += [f"{d}-test" for d in ACTIVE_DOMAINS]
+    return sorted(set(splits)) or None
+
+
 def scored_benchmarks(model_id):
     """The benchmarks a model is scored on: its target's test split for the
-    transfer and active-learning models (hundreds of them on a cluster),
+    transfer and active-learning models (hundreds of them on a cluster), the
+    splits it is evaluated on for a transfer source trained only as one,
     every benchmark for the others."""
     target = MODEL_TARGETS.get(model_id)
     if target is not None:
         return {f"{target}-test": BENCHMARKS[f"{target}-test"]}
+    splits = _study_only_splits(model_id)
+    if splits is not None:
+        return {name: BENCHMARKS[name] for name in splits}
     return BENCHMARKS
 
 

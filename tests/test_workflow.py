@@ -564,7 +564,9 @@ def _as_if_built(work, config=TINY_CONFIG):
             continue
         target = work / path
         ppo_policy = path.startswith("results/ppo/") and path.endswith("/policy")
-        if path.startswith(("results/models/", "results/tokenizer")) or ppo_policy:
+        folders = ("results/models/", "results/tokenizer", "results/transfer/")
+        active_model = path.startswith("results/active/") and path.endswith("/model")
+        if path.startswith(folders) or ppo_policy or active_model:
             target.mkdir(parents=True, exist_ok=True)
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -613,7 +615,14 @@ def test_adding_a_benchmark_rescores_each_model_once_and_nothing_upstream(
         "report_summary": 1,  # the opening page reads the evals and tables
         "eval_armo": 1,  # reads the ArmoRM's rewritten domain evals
         "report_armo": 1,
+        # the active-learning start is one of the rescored RMs: its evals are
+        # rewritten; transfer and active models keep their one split, and so do
+        # the transfer sources trained only as sources
+        "report_active": 1,
         "all": 1,
+    }
+    assert cfg["active"]["start"] in {
+        f"rm-{t}-seed{s}" for t in cfg["rm"]["trainsets"] for s in cfg["rm"]["seeds"]
     }
     scoring = [b for r, b in _job_blocks(res.stdout) if r == "score_model"]
     assert len(scoring) == n_scored
@@ -627,13 +636,24 @@ def test_adding_a_benchmark_rescores_each_model_once_and_nothing_upstream(
     path.write_text(yaml.safe_dump(ties, sort_keys=False))
     res = run_snakemake("-n", "all", workdir=work, configfile=path)
     assert res.returncode == 0, res.stderr
+    # every eval: the transfer and active models' (one split each) and the
+    # source-only RMs' zero-shot evals too
+    t, a = cfg["transfer"], cfg["active"]
+    directions = [(s, g) for s in t["sources"] for g in t["targets"] if s != g]
+    n_transfer = len(directions) * len(t["sizes"]) * len(t["seeds"]) + len(t["targets"])
+    n_active = (
+        len(a["domains"]) * len(a["strategies"]) * len(a["seeds"]) * a["iterations"]
+    )
+    n_zero_shot = sum(s not in cfg["rm"]["trainsets"] for s, _ in directions)
     assert _jobs(res.stdout) == {
-        "eval_rm": n_scored * (n_benchmarks - 1),
+        "eval_rm": n_scored * (n_benchmarks - 1) + n_transfer + n_active + n_zero_shot,
         "report_eval": 1,
         "report_dogerm": 1,
         "report_summary": 1,
         "eval_armo": 1,  # the ArmoRM's evals are rewritten
         "report_armo": 1,
+        "report_transfer": 1,
+        "report_active": 1,
         "all": 1,
     }
 
