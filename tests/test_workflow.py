@@ -488,7 +488,11 @@ def _inspect_and_rerun(work, cfg, tmp_path):
     assert "reason: Params have changed since last execution" in out
     assert "--learning-rate 0.0001" in out
     jobs = _jobs(out)
-    assert jobs["train_rm"] == len(cfg["rm"]["seeds"]) * len(cfg["rm"]["trainsets"])
+    # the seeded RMs and the transfer sources trained here (one seed each)
+    sources = [s for s in cfg["transfer"]["sources"] if s not in cfg["rm"]["trainsets"]]
+    assert jobs["train_rm"] == len(cfg["rm"]["seeds"]) * len(
+        cfg["rm"]["trainsets"]
+    ) + len(sources)
     assert "train_sft" not in jobs and "build_prefs" not in jobs
     assert {"eval_rm", "score_model", "merge_dogerm"} <= set(jobs)
 
