@@ -233,8 +233,9 @@ def test_malformed_task_is_an_error_naming_the_field():
     assert task["task_id"] in str(info.value)
 
 
-def test_remembered_verdicts_run_a_check_once_and_only_a_determined_one(monkeypatch):
-    ran = []
+def count_sandbox_runs(monkeypatch) -> list[int]:
+    """The sizes of the sandbox batches code checks run from now on."""
+    ran: list[int] = []
     real = code_check.run_many
 
     def counting(programs, **kw):
@@ -242,6 +243,11 @@ def test_remembered_verdicts_run_a_check_once_and_only_a_determined_one(monkeypa
         return real(programs, **kw)
 
     monkeypatch.setattr(code_check, "run_many", counting)
+    return ran
+
+
+def test_remembered_verdicts_run_a_check_once_and_only_a_determined_one(monkeypatch):
+    ran = count_sandbox_runs(monkeypatch)
     task = seeded_task(0, 0)
     good = task["prompt"] + task["canonical_solution"]
     wrong = task["prompt"] + "    return None\n"
@@ -280,14 +286,7 @@ def test_re_verifying_generated_records_runs_no_check_again(monkeypatch):
     # build_prefs generates, then re-verifies every final response inside one
     # remembered_verdicts block: the final texts must yield the very programs
     # generation ran, so the second pass runs nothing (and still says the same)
-    ran = []
-    real = code_check.run_many
-
-    def counting(programs, **kw):
-        ran.append(len(programs))
-        return real(programs, **kw)
-
-    monkeypatch.setattr(code_check, "run_many", counting)
+    ran = count_sandbox_runs(monkeypatch)
     with code_check.remembered_verdicts():
         splits, sft = code.generate({"train": 3, "test": 2}, 2, seed=1, workers=2)
         generated = sum(ran)

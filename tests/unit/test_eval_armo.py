@@ -1,3 +1,4 @@
+import functools
 import json
 
 import numpy as np
@@ -173,7 +174,8 @@ def test_scored_accuracy_counts_only_the_embedded_pairs(files, tmp_path):
     pairs.append({"id": "dropped-at-extraction", "chosen": 0.0, "rejected": 5.0})
     scored = tmp_path / "scored.json"
     scored.write_text(json.dumps({"accuracy": 0.1, "pairs": pairs}))
-    got = eval_armo(
+    run = functools.partial(
+        eval_armo,
         {"code": files["tests"]["code"]},
         files["regression"],
         files["gating"],
@@ -183,17 +185,9 @@ def test_scored_accuracy_counts_only_the_embedded_pairs(files, tmp_path):
         backbone="b",
         scored={"code": scored},
     )
+    got = run()
     n = len(data.ids)
     assert got["domains"]["code"]["scored_accuracy"] == pytest.approx((n - 1) / n)
     scored.write_text(json.dumps({"accuracy": 0.1, "pairs": pairs[2:]}))
     with pytest.raises(EvalArmoError, match=f"scores {n - 2} of the {n} pairs"):
-        eval_armo(
-            {"code": files["tests"]["code"]},
-            files["regression"],
-            files["gating"],
-            files["report"],
-            files["out"],
-            model_id="a",
-            backbone="b",
-            scored={"code": scored},
-        )
+        run()
